@@ -1,0 +1,130 @@
+"""Command line: `acgan train`, `acgan sample`, `acgan evaluate`; parse, build the config, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from acgan.config import COMPILE_MODES, DATASETS, DEFAULTS, ON_NAN, PRECISIONS, TrainConfig
+from acgan.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (plus a hint), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _default(name: str) -> str:
+    return f"(default: {getattr(DEFAULTS, name)})"
+
+
+def _flag(group: argparse._ArgumentGroup, name: str, help: str, **kwargs: object) -> None:
+    """One option whose default is read from TrainConfig; left out of the namespace unless given."""
+    kind = kwargs.pop("type", type(getattr(DEFAULTS, name)))
+    group.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=f"{help} {_default(name)}", **kwargs)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an ACGAN", description="Train (or resume) an ACGAN. Each run writes "
+                       "a numbered directory under --outdir with config.json, stats.jsonl, samples/, checkpoints/, "
+                       "plots/ and tensorboard/.")
+    g = p.add_argument_group("data")
+    _flag(g, "dataset", "dataset", choices=DATASETS)
+    _flag(g, "root_dir", "CIFAR directory or .tar.gz, or the class-folder root for --dataset folder")
+    _flag(g, "num_workers", "processes/threads that decode images while loading")
+    _flag(g, "image_size", "image side for --dataset folder (32, 64 or 128)")
+    g.add_argument("--download", action="store_true", default=argparse.SUPPRESS,
+                   help="download CIFAR into --root_dir if it is not there (md5-verified)")
+    g = p.add_argument_group("model and optimisation (the paper's settings)")
+    _flag(g, "batch_size", "images per step per process")
+    _flag(g, "nz", "noise dimensions fed to G beside the one-hot class")
+    _flag(g, "num_epochs", "epochs to train")
+    _flag(g, "lr", "Adam learning rate for G and D")
+    _flag(g, "beta1", "Adam beta1")
+    _flag(g, "beta2", "Adam beta2")
+    g = p.add_argument_group("run control")
+    _flag(g, "outdir", "where numbered run directories are made")
+    _flag(g, "seed", "random seed (data order, noise, init)")
+    _flag(g, "device", "auto, cpu, cuda or cuda:N; auto takes a GPU when there is one")
+    _flag(g, "resume", "continue from a checkpoint file, a run directory, or 'auto' (latest run in --outdir)",
+          type=str)
+    _flag(g, "max_steps", "stop after this many steps in total (for short runs)", type=int)
+    _flag(g, "log_every", "steps between rows of stats.jsonl (the only host syncs)")
+    _flag(g, "sample_every", "steps between sample grids and plot updates")
+    _flag(g, "ckpt_every", "steps between checkpoints")
+    _flag(g, "keep_ckpts", "numbered checkpoints kept besides last.pt")
+    g = p.add_argument_group("speed and safety")
+    _flag(g, "precision", "auto = bf16 where the hardware has it", choices=PRECISIONS)
+    _flag(g, "compile", "torch.compile the nets", choices=COMPILE_MODES)
+    _flag(g, "on_nan", "what to do when losses or weights become non-finite", choices=ON_NAN)
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate images from a checkpoint",
+                       description="Generate PNGs from a checkpoint. With --class: N images of that class and a "
+                       "grid of them. Without: a grid with one row per class, a class sweep (same z in every "
+                       "class) and a z-interpolation strip per class.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint (.pt) written by acgan train")
+    p.add_argument("--class", dest="class_spec", metavar="CLASS", help="class index or name, e.g. 3 or cat")
+    p.add_argument("--num", type=int, default=10, help="images (with --class) or columns per class (default: 10)")
+    p.add_argument("--num_steps", type=int, default=10, help="points on each interpolation strip (default: 10)")
+    p.add_argument("--out_dir", type=Path, default=None,
+                   help="where a new numbered folder of PNGs is made (default: <run>/generated)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `acgan` parser with its subcommands."""
+    parser = _Parser(prog="acgan", description="Auxiliary Classifier GANs: train, sample, evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample}",
+                                parser_class=_Parser)
+    _add_train(sub)
+    _add_sample(sub)
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from acgan.train import train
+
+    given = {k: v for k, v in vars(args).items() if k != "command"}
+    config = TrainConfig(**given)
+    train(config, explicit=frozenset(given))
+    return 0
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from acgan.distributed import env_info, resolve_device
+    from acgan.sample import write_samples
+
+    if args.num <= 0 or args.num_steps < 2:
+        raise UserError("--num must be positive and --num_steps at least 2")
+    dest = write_samples(args.checkpoint, args.out_dir, class_spec=args.class_spec, num=args.num,
+                         num_steps=args.num_steps, seed=args.seed, device=resolve_device(args.device, env_info()))
+    print(f"wrote {len(list(dest.glob('*.png')))} PNG files to {dest}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user mistakes become one line on stderr and a non-zero exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "sample":
+            return _run_sample(args)
+        raise UserError(f"unknown command {args.command}")
+    except UserError as e:
+        print(f"acgan {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"acgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

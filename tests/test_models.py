@@ -1,0 +1,52 @@
+"""The paper's networks: exact parameter counts, output shapes, conditioning input, initialisation."""
+
+import pytest
+import torch
+
+from acgan.errors import UserError
+from acgan.models import Discriminator, Generator, count_parameters
+
+
+def test_paper_parameter_counts_for_cifar10():
+    assert count_parameters(Generator(nz=100, num_classes=10)) == 1_594_227
+    assert count_parameters(Discriminator(num_classes=10)) == 1_664_875
+
+
+@pytest.mark.parametrize("num_classes", [2, 10, 100])
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_shapes_for_any_class_count_and_size(num_classes, image_size):
+    G, D = Generator(100, num_classes, image_size), Discriminator(num_classes, image_size)
+    z, y = torch.randn(4, 100), torch.randint(0, num_classes, (4,))
+    x = G(z, y)
+    assert x.shape == (4, 3, image_size, image_size)
+    assert x.min() >= -1 and x.max() <= 1  # Tanh output
+    source, logits = D(x)
+    assert source.shape == (4,) and logits.shape == (4, num_classes)
+
+
+def test_class_count_changes_only_the_class_dependent_layers():
+    # G's input layer grows by nz+K -> 384 weights per class; D's class head by 8192+1 per class
+    assert count_parameters(Generator(100, 11)) - count_parameters(Generator(100, 10)) == 384
+    assert count_parameters(Discriminator(11)) - count_parameters(Discriminator(10)) == 8192 + 1
+
+
+def test_generator_output_depends_on_the_class():
+    G = Generator(100, 10).eval()
+    z = torch.randn(1, 100).repeat(2, 1)
+    x = G(z, torch.tensor([0, 1]))
+    assert not torch.allclose(x[0], x[1])
+
+
+def test_dcgan_initialisation():
+    torch.manual_seed(0)
+    D = Discriminator(10)
+    w = D.net[0].weight
+    assert abs(w.std().item() - 0.02) < 0.003 and abs(w.mean().item()) < 0.003
+    bn = next(m for m in D.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert abs(bn.weight.mean().item() - 1) < 0.01 and abs(bn.weight.std().item() - 0.02) < 0.01
+    assert all((m.bias == 0).all() for m in D.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_unsupported_image_size_is_a_user_error():
+    with pytest.raises(UserError, match="image_size"):
+        Generator(100, 10, image_size=48)

@@ -1,0 +1,71 @@
+"""End-to-end training runs on the shapes data: what a run writes, and exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from acgan.checkpoint import load_checkpoint
+from acgan.config import TrainConfig
+from acgan.errors import UserError
+from acgan.train import train
+
+SMALL = dict(dataset="shapes", batch_size=16, num_workers=0, log_every=2, sample_every=4, ckpt_every=4)
+
+
+def _states_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_writes_everything_a_user_expects(tmp_path):
+    run_dir = train(TrainConfig(**SMALL, outdir=str(tmp_path), max_steps=6))
+    assert run_dir.name == "00000-shapes"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["batch_size"] == 16 and config["lr"] == 0.0002 and config["beta1"] == 0.5
+    assert config["class_names"][0] == "circle" and config["global_batch_size"] == 16
+    rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    for key in ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2", "acc_real", "acc_fake", "images_per_s"):
+        assert all(key in r for r in rows), key
+    assert all(0 <= r["D_x"] <= 1 and 0 <= r["acc_fake"] <= 1 for r in rows)
+    assert {p.name for p in (run_dir / "samples").iterdir()} >= {"reals.png", "step-00000004.png", "step-00000006.png"}
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {"losses.png", "class_accuracy.png", "d_outputs.png"}
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert any((run_dir / "tensorboard").iterdir())
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and {"G", "D", "opt_G", "opt_D", "rng", "epoch", "batch"} <= state.keys()
+
+
+def test_second_run_gets_a_new_directory(tmp_path):
+    first = train(TrainConfig(**SMALL, outdir=str(tmp_path), max_steps=1))
+    second = train(TrainConfig(**SMALL, outdir=str(tmp_path), max_steps=1))
+    assert (first.name, second.name) == ("00000-shapes", "00001-shapes")
+    assert (first / "checkpoints" / "last.pt").is_file()  # the first run is untouched
+
+
+def test_resume_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
+    straight = train(TrainConfig(**SMALL, outdir=str(tmp_path / "a"), max_steps=8))
+    train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=5))
+    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=8, resume="auto"),
+                    explicit=frozenset({"max_steps", "resume"}))
+    assert resumed == tmp_path / "b" / "00000-shapes"  # continued in place, no new run directory
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    assert _states_equal(a["G"], b["G"]) and _states_equal(a["D"], b["D"])
+    assert torch.equal(a["opt_G"]["state"][0]["exp_avg"], b["opt_G"]["state"][0]["exp_avg"])
+    rows = [json.loads(line)["step"] for line in (resumed / "stats.jsonl").read_text().splitlines()]
+    assert rows == sorted(set(rows))  # no duplicated steps after the resume
+
+
+def test_resume_keeps_the_checkpoint_settings_that_define_training(tmp_path):
+    run_dir = train(TrainConfig(**SMALL, outdir=str(tmp_path), max_steps=2))
+    train(TrainConfig(**{**SMALL, "lr": 0.1}, outdir=str(tmp_path), max_steps=3, resume=str(run_dir)),
+          explicit=frozenset({"lr", "max_steps", "resume"}))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["lr"] == 0.0002 and config["max_steps"] == 3
+
+
+def test_resume_of_a_missing_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        train(TrainConfig(**SMALL, outdir=str(tmp_path), resume=str(tmp_path / "nope.pt")))
