@@ -50,3 +50,31 @@ def test_dcgan_initialisation():
 def test_unsupported_image_size_is_a_user_error():
     with pytest.raises(UserError, match="image_size"):
         Generator(100, 10, image_size=48)
+
+
+def test_bit_dropout_matches_dropout_statistics():
+    from acgan.models import BitDropout
+
+    drop = BitDropout(0.5)
+    x = torch.ones(64, 32, 9, 7)  # odd sizes: the mask must cover every element exactly
+    y = drop(x)
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert abs((y == 0).float().mean().item() - 0.5) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.02  # unbiased: E[y] = x
+    y.requires_grad_(False)
+    x = torch.randn(1000, requires_grad=True)
+    out = drop(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, (out != 0).float() * 2)  # gradient flows only through kept units, scaled
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_bit_dropout_masks_are_independent_across_calls_and_positions():
+    from acgan.models import BitDropout
+
+    drop = BitDropout(0.5)
+    a, b = drop(torch.ones(100_000)) > 0, drop(torch.ones(100_000)) > 0
+    agreement = (a == b).float().mean().item()
+    assert abs(agreement - 0.5) < 0.01  # two calls draw fresh masks
+    neighbours = (a[:-1] == a[1:]).float().mean().item()
+    assert abs(neighbours - 0.5) < 0.01  # bits of one byte are not correlated

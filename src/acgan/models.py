@@ -59,7 +59,7 @@ class Discriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             if i > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(BitDropout(dropout))
         self.net = nn.Sequential(*layers)
         num_features = 512 * (image_size // 8) ** 2
         self.fc_source = nn.Linear(num_features, 1)
@@ -70,6 +70,34 @@ class Discriminator(nn.Module):
         """Source logit (real vs fake) and class logits for each image."""
         h = self.net(x).flatten(1)  # (B, 512 * (S/8)^2)
         return self.fc_source(h).squeeze(1), self.fc_class(h)  # (B,), (B, K)
+
+
+class BitDropout(nn.Module):
+    """Dropout whose p=0.5 mask comes from random bytes, 8 mask bits per byte.
+
+    Same distribution as nn.Dropout(0.5), but the mask costs n/8 random bytes instead of n Bernoulli
+    draws: on CPU, bernoulli_ was the single largest item of the whole training step (39% of the time).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero each element with probability p and scale the rest by 1/(1-p), in training only."""
+        if not self.training or self.p == 0:
+            return x
+        if self.p != 0.5:
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        random_bytes = torch.randint(0, 256, ((n + 7) // 8, 1), dtype=torch.uint8, device=x.device)
+        shifts = torch.arange(8, dtype=torch.uint8, device=x.device)
+        bits = random_bytes.bitwise_right_shift(shifts).bitwise_and_(1)  # (n/8, 8) independent fair bits
+        scale = bits.view(-1)[:n].view(x.shape).to(x.dtype).mul_(2.0)  # 0 or 1/(1-p)
+        return x * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def init_weights(module: nn.Module) -> None:

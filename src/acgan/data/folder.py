@@ -1,0 +1,125 @@
+"""Labelled image folders: root/<class_name>/*.png|jpg|jpeg|webp|bmp, one class per subdirectory."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from acgan.data.dataset import ImageDataset
+from acgan.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+
+# Our own decompression-bomb limit, checked from the header before decoding, so it holds even where
+# the process has switched off PIL's global Image.MAX_IMAGE_PIXELS.
+MAX_IMAGE_PIXELS = 100_000_000
+
+# Transparent pixels are composited onto white: sprite and icon sets usually expect a light background.
+_BACKGROUND = (255, 255, 255)
+
+
+def load_folder(root_dir: str | Path | None, *, image_size: int = 32, num_workers: int = 0) -> ImageDataset:
+    """Decode every image under root_dir/<class>/ to square RGB (shorter side resized, center crop)."""
+    if root_dir is None:
+        raise UserError("the folder dataset needs a data directory holding one subfolder per class")
+    root = Path(root_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist or is not a directory")
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.name)
+    if not class_dirs:
+        raise UserError(f"image folder {root} has no class subfolders (expected {root}/<class_name>/*.png)")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = list_images(class_dir)
+        if not files:
+            exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise UserError(f"class folder {class_dir} has no images ({exts})")
+        paths += files
+        labels += [label] * len(files)
+    images = decode_images(paths, image_size, num_workers)  # (N, S, S, 3) uint8
+    return ImageDataset(
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        class_names=tuple(d.name for d in class_dirs),
+    )
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """Image files directly in class_dir, sorted by name; other and hidden files are ignored."""
+    return sorted(
+        (p for p in class_dir.iterdir()
+         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
+        key=lambda p: p.name,
+    )
+
+
+def decode_images(paths: list[Path], image_size: int, num_workers: int = 0) -> np.ndarray:
+    """Decode paths into one (N, S, S, 3) uint8 array, in parallel threads when num_workers > 0."""
+    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = load_image(paths[i], image_size)
+
+    if num_workers > 0:
+        # Threads suffice: PIL releases the GIL while decoding and resampling.
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            for _ in pool.map(work, range(len(paths))):
+                pass  # iterating re-raises a worker's UserError here, in file order
+    else:
+        for i in range(len(paths)):
+            work(i)
+    return out
+
+
+def load_image(path: Path, image_size: int) -> np.ndarray:
+    """One image file as (S, S, 3) uint8 RGB: shorter side resized to S, then center-cropped."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UserError(f"image {path} is too large ({width}x{height} pixels); is it corrupt?")
+            # draft() lets JPEG decode at a reduced scale that is still at least image_size.
+            im.draft("RGB", (image_size, image_size))
+            rgb = to_rgb(ImageOps.exif_transpose(im))
+            return np.asarray(resize_center_crop(rgb, image_size), dtype=np.uint8)
+    except UserError:
+        raise
+    except Image.DecompressionBombError:
+        raise UserError(f"image {path} is too large to decode safely; is it corrupt?") from None
+    # A broken file can fail anywhere in PIL (OSError, SyntaxError, struct.error, ...); whatever the
+    # failure, the user needs to know which file to fix.
+    except Exception as exc:
+        raise UserError(f"could not read image {path}: {exc}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16/32-bit grey scaled to 8 bits, transparency composited on white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # PIL's own convert("L") clips 16-bit values at 255 instead of scaling them.
+        grey = np.asarray(im).astype(np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode == "F":
+        grey = np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("LA", "PA", "La", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        background = Image.new("RGBA", im.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def resize_center_crop(im: Image.Image, image_size: int) -> Image.Image:
+    """Resize the shorter side to image_size and center-crop, as one resample of the central square."""
+    width, height = im.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    resample = Image.Resampling.LANCZOS if side > image_size else Image.Resampling.BICUBIC
+    return im.resize((image_size, image_size), resample, box=(left, top, left + side, top + side))
