@@ -60,7 +60,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("speed and safety")
     _flag(g, "precision", "auto = bf16 where the hardware has it", choices=PRECISIONS)
     _flag(g, "compile", "torch.compile the nets", choices=COMPILE_MODES)
-    _flag(g, "on_nan", "what to do when losses or weights become non-finite", choices=ON_NAN)
+    _flag(g, "on_nan", "on non-finite losses/weights: stop, or roll back to the last checkpoint with halved lr",
+          choices=ON_NAN)
+    _flag(g, "max_rollbacks", "rollbacks allowed before --on_nan rollback gives up")
+    g.add_argument("--sync_bn", action="store_true", default=argparse.SUPPRESS,
+                   help="under torchrun, BatchNorm statistics over all ranks (CUDA only)")
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -120,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"unknown command {args.command}")
     except UserError as e:
         print(f"acgan {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permission denied, ...: the environment, not a bug
+        where = f": {e.filename}" if e.filename else ""
+        print(f"acgan {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"acgan {args.command}: interrupted", file=sys.stderr)

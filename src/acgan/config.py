@@ -37,7 +37,7 @@ class TrainConfig:
     outdir: str = "runs"
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: str = "off"
     resume: str | None = None
     max_steps: int | None = None
@@ -46,6 +46,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_ckpts: int = 3
     on_nan: str = "stop"
+    max_rollbacks: int = 3
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         """Refuse values no run could use, with one line naming the flag."""
@@ -54,8 +56,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise UserError(f"--num_workers must be >= 0, got {self.num_workers}")
+        for name in ("num_workers", "max_rollbacks"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise UserError(f"--max_steps must be positive, got {self.max_steps}")
         if not (self.lr > 0):
@@ -84,7 +87,7 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # not what is trained. Everything else comes from the checkpoint so that resume stays exact.
 RESUME_OVERRIDABLE = ("num_epochs", "max_steps", "log_every", "sample_every", "ckpt_every", "keep_ckpts",
                       "device", "num_workers", "root_dir", "download", "outdir", "resume", "compile",
-                      "on_nan")
+                      "on_nan", "max_rollbacks")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -49,9 +49,12 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
     """The paper's nets and Adam optimizers, wrapped in DDP under torchrun."""
     G_raw = Generator(config.nz, num_classes, config.image_size).to(device)
     D_raw = Discriminator(num_classes, config.image_size).to(device)
+    if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
+        G_raw, D_raw = nn.SyncBatchNorm.convert_sync_batchnorm(G_raw), nn.SyncBatchNorm.convert_sync_batchnorm(D_raw)
     fused = device.type == "cuda"  # one kernel for the whole Adam update
-    opt_G = torch.optim.Adam(G_raw.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
-    opt_D = torch.optim.Adam(D_raw.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
+    betas = (config.beta1, config.beta2)
+    opt_G = torch.optim.Adam(G_raw.parameters(), lr=config.lr, betas=betas, fused=fused)
+    opt_D = torch.optim.Adam(D_raw.parameters(), lr=config.lr, betas=betas, fused=fused)
     G, D = G_raw, D_raw
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -111,6 +114,7 @@ def restore_trainer(tr: Trainer, state: dict, info: dist_utils.DistInfo, seed: i
     tr.opt_G.load_state_dict(state["opt_G"])
     tr.opt_D.load_state_dict(state["opt_D"])
     tr.step, tr.epoch, tr.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+    tr.extra["rollbacks"] = int(state.get("rollbacks", 0))
     if info.world_size == 1 and int(state.get("world_size", 1)) == 1:
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -239,14 +243,28 @@ def _reduce_stats(acc: torch.Tensor, count: int) -> dict[str, float]:
     return row
 
 
-def _check_finite(row: dict[str, float], tr: Trainer, run_dir: Path) -> None:
-    """Stop with the step and the last good checkpoint when training has diverged."""
-    params_ok = all(bool(torch.isfinite(p).all()) for p in (*tr.G_raw.parameters(), *tr.D_raw.parameters()))
-    if params_ok and all(math.isfinite(v) for v in row.values()):
-        return
-    good = latest_checkpoint(run_dir)
-    where = f"; last good checkpoint: {good} (resume with --resume {good})" if good else ""
-    raise UserError(f"training diverged at step {tr.step}: non-finite loss or weights{where}")
+def _finite(row: dict[str, float], tr: Trainer) -> bool:
+    """True when every logged loss and every weight is finite."""
+    params = (*tr.G_raw.parameters(), *tr.D_raw.parameters())
+    return all(math.isfinite(v) for v in row.values()) and bool(torch.stack([p.isfinite().all() for p in params]).all())
+
+
+def _recover(tr: Trainer, config: TrainConfig, run_dir: Path, info: dist_utils.DistInfo) -> None:
+    """On divergence: stop naming the last good checkpoint, or (--on_nan rollback) reload it with halved lrs."""
+    good, bad_step = latest_checkpoint(run_dir), tr.step
+    rollbacks = int(tr.extra.get("rollbacks", 0))
+    if config.on_nan == "stop" or good is None or rollbacks >= config.max_rollbacks:
+        where = f"; last good checkpoint: {good} (resume with --resume {good})" if good else ""
+        tried = f" after {rollbacks} rollbacks" if rollbacks else ""
+        raise UserError(f"training diverged at step {bad_step}: non-finite loss or weights{tried}{where}")
+    restore_trainer(tr, load_checkpoint(good), info, config.seed)
+    for opt in (tr.opt_G, tr.opt_D):
+        for group in opt.param_groups:
+            group["lr"] *= 0.5
+    tr.extra["rollbacks"] = rollbacks + 1
+    if info.is_main:
+        print(f"\nnon-finite values at step {bad_step}: rolled back to step {tr.step} ({good.name}), "
+              f"learning rates halved to {tr.opt_G.param_groups[0]['lr']:g} ({rollbacks + 1}/{config.max_rollbacks})")
 
 
 def train(config: TrainConfig, explicit: frozenset[str] = frozenset()) -> Path:
@@ -321,7 +339,12 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
                     row = _reduce_stats(acc, count)
                     now = time.perf_counter()
                     ips = (tr.step - step_last) * global_batch / (now - t_last)
-                    _check_finite(row, tr, run_dir)
+                    if not _finite(row, tr):
+                        _recover(tr, config, run_dir, info)
+                        acc.zero_()
+                        count, t_last, step_last = 0, time.perf_counter(), tr.step
+                        pbar.n = tr.step
+                        break  # re-enter the epoch at the restored position
                     log.stats({"step": tr.step, "epoch": tr.epoch, **row, "images_per_s": ips})
                     pbar.set_postfix(epoch=tr.epoch, loss_D=f"{row['loss_D']:.3f}",
                                      loss_G=f"{row['loss_G']:.3f}", img_s=f"{ips:.0f}", refresh=False)
