@@ -7,11 +7,11 @@ from PIL import Image
 from acgan.plots import read_stats, write_plots
 
 
-def test_read_stats_skips_torn_lines_and_keeps_the_last_row_per_step(tmp_path):
+def test_read_stats_skips_torn_lines_and_merges_rows_of_one_step(tmp_path):
     path = tmp_path / "stats.jsonl"
-    rows = [{"step": 1, "loss_D": 3.0}, {"step": 2, "loss_D": 2.0}, {"step": 1, "loss_D": 9.0}]
+    rows = [{"step": 1, "loss_D": 3.0}, {"step": 2, "loss_D": 2.0}, {"step": 1, "loss_D": 9.0, "fid": 40.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "loss')
-    assert read_stats(path) == [{"step": 1, "loss_D": 9.0}, {"step": 2, "loss_D": 2.0}]
+    assert read_stats(path) == [{"step": 1, "loss_D": 9.0, "fid": 40.0}, {"step": 2, "loss_D": 2.0}]
 
 
 def test_write_plots_draws_the_three_figures(tmp_path):

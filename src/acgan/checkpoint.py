@@ -119,3 +119,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise UserError(f"{path} is not an acgan checkpoint (missing {', '.join(required)})")
     return state
+
+
+def resolve_resume(resume: str | None, outdir: str) -> Path | None:
+    """The checkpoint `--resume` names: a file, a run directory, or 'auto' (latest run in --outdir)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        run_dir = latest_run_dir(Path(outdir))
+        return latest_checkpoint(run_dir) if run_dir else None
+    path = Path(resume)
+    if path.is_dir():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise UserError(f"--resume: no checkpoint in {path}")
+        return ckpt
+    if not path.is_file():
+        raise UserError(f"--resume: no such file or directory: {path}")
+    return path

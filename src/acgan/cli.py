@@ -63,6 +63,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(g, "on_nan", "on non-finite losses/weights: stop, or roll back to the last checkpoint with halved lr",
           choices=ON_NAN)
     _flag(g, "max_rollbacks", "rollbacks allowed before --on_nan rollback gives up")
+    g = p.add_argument_group("evaluation during training")
+    _flag(g, "eval_every", "steps between metric evaluations (off by default); best.pt keeps the best FID",
+          type=int)
+    _flag(g, "eval_metrics", "comma-separated metrics for --eval_every (fid,is,kid,pr,ifid,msssim)")
+    _flag(g, "eval_samples", "generated images per evaluation")
+    _flag(g, "detector", "path to inception-2015-12-05.pt (else downloaded to $ACGAN_CACHE)", type=str)
+    g = p.add_argument_group("scale-out")
     g.add_argument("--sync_bn", action="store_true", default=argparse.SUPPRESS,
                    help="under torchrun, BatchNorm statistics over all ranks (CUDA only)")
 
@@ -82,13 +89,38 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="compute FID, IS, KID, precision/recall, intra-class FID, MS-SSIM",
+                       description="Score a checkpoint's generator (or, with --real, a second image set) against "
+                       "real images. Prints a table and writes metrics JSON. Inception-based metrics need "
+                       "inception-2015-12-05.pt: downloaded and sha256-verified on first use into $ACGAN_CACHE "
+                       "(default ~/.cache/acgan), or given with --detector.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a checkpoint written by acgan train")
+    src.add_argument("--real", type=Path, help="an image set to score instead of a generator (see --real_dataset)")
+    p.add_argument("--real_dataset", choices=DATASETS, default="folder", help="format of --real (default: folder)")
+    p.add_argument("--real_split", choices=("train", "test"), default="test", help="split of --real (default: test)")
+    p.add_argument("--metrics", default="fid,is", help="comma-separated: fid,is,kid,pr,ifid,msssim (default: fid,is)")
+    p.add_argument("--num_samples", type=int, default=50_000, help="generated images (default: 50000)")
+    p.add_argument("--dataset", choices=DATASETS, help="reference data (default: the checkpoint's)")
+    p.add_argument("--root_dir", help="reference data location (default: the checkpoint's)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="reference split (default: train)")
+    p.add_argument("--detector", type=Path, help="path to inception-2015-12-05.pt for offline machines")
+    p.add_argument("--out", type=Path, help="metrics JSON path (default: <run>/metrics/step-N.json)")
+    p.add_argument("--batch_size", type=int, default=250, help="images per generator/detector batch (default: 250)")
+    p.add_argument("--num_workers", type=int, default=2, help="image decoding workers (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `acgan` parser with its subcommands."""
     parser = _Parser(prog="acgan", description="Auxiliary Classifier GANs: train, sample, evaluate.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate}",
                                 parser_class=_Parser)
     _add_train(sub)
     _add_sample(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -113,6 +145,48 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from acgan.distributed import env_info, resolve_device
+    from acgan.metrics.evaluate import format_table, write_json
+    from acgan.metrics.run import evaluate_datasets, evaluate_generator, load_reference, open_detector
+    from acgan.sample import load_generator
+
+    if args.num_samples < 2 or args.batch_size <= 0:
+        raise UserError("--num_samples must be at least 2 and --batch_size positive")
+    device = resolve_device(args.device, env_info())
+    detector = open_detector(args.metrics.split(","), args.detector, device)
+    if args.checkpoint is not None:
+        G, _, config, step = load_generator(args.checkpoint, device)
+        dataset, root_dir = args.dataset or config.dataset, args.root_dir or config.root_dir
+        reference = load_reference(dataset, root_dir, args.split, config.image_size, args.num_workers)
+        results = evaluate_generator(G, reference, args.metrics.split(","), num_samples=args.num_samples,
+                                     detector=detector, seed=args.seed, batch_size=args.batch_size)
+        run_dir = args.checkpoint.resolve().parent.parent
+        default_out = run_dir / "metrics" / f"step-{step:08d}.json"
+    else:
+        if args.dataset is None or (args.root_dir is None and args.dataset != "shapes"):
+            raise UserError("--real needs --dataset and --root_dir for the reference images")
+        candidate = load_reference(args.real_dataset, args.real, args.real_split, 32, args.num_workers)
+        reference = load_reference(args.dataset, args.root_dir, args.split, candidate.image_size, args.num_workers)
+        results = evaluate_datasets(candidate, reference, args.metrics.split(","), detector=detector,
+                                    batch_size=args.batch_size)
+        default_out = Path("metrics.json")
+    out = _unused_path(args.out or default_out)
+    write_json(results, out)
+    print(format_table(results))
+    print(f"wrote {out}")
+    return 0
+
+
+def _unused_path(path: Path) -> Path:
+    """path, or path with -1, -2, ... before the suffix: an earlier result is never overwritten."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes become one line on stderr and a non-zero exit code."""
     args = build_parser().parse_args(argv)
@@ -121,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "sample":
             return _run_sample(args)
-        raise UserError(f"unknown command {args.command}")
+        return _run_evaluate(args)
     except UserError as e:
         print(f"acgan {args.command}: error: {e}", file=sys.stderr)
         return 1

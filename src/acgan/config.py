@@ -48,6 +48,11 @@ class TrainConfig:
     on_nan: str = "stop"
     max_rollbacks: int = 3
     sync_bn: bool = False
+    # in-training evaluation (off unless --eval_every is given)
+    eval_every: int | None = None
+    eval_metrics: str = "fid"
+    eval_samples: int = 10_000
+    detector: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse values no run could use, with one line naming the flag."""
@@ -59,8 +64,11 @@ class TrainConfig:
         for name in ("num_workers", "max_rollbacks"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise UserError(f"--max_steps must be positive, got {self.max_steps}")
+        for name in ("max_steps", "eval_every"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.eval_samples < 2:
+            raise UserError(f"--eval_samples must be at least 2, got {self.eval_samples}")
         if not (self.lr > 0):
             raise UserError(f"--lr must be positive, got {self.lr}")
         for name in ("beta1", "beta2"):
@@ -87,7 +95,8 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 # not what is trained. Everything else comes from the checkpoint so that resume stays exact.
 RESUME_OVERRIDABLE = ("num_epochs", "max_steps", "log_every", "sample_every", "ckpt_every", "keep_ckpts",
                       "device", "num_workers", "root_dir", "download", "outdir", "resume", "compile",
-                      "on_nan", "max_rollbacks")
+                      "on_nan", "max_rollbacks", "eval_every",
+                      "eval_metrics", "eval_samples", "detector")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
@@ -99,3 +108,13 @@ def write_config_json(config: TrainConfig, path: Path, extra: dict[str, Any] | N
     """Write config.json: the resolved settings plus facts of the run (classes, world size)."""
     payload = {**config.to_dict(), **(extra or {})}
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def merge_resumed_config(saved: dict, config: TrainConfig, explicit: frozenset[str]) -> TrainConfig:
+    """The checkpoint's settings, except for the run-control flags the user gave explicitly."""
+    resumed = config_from_dict(saved)
+    changes = {k: getattr(config, k) for k in explicit if k in RESUME_OVERRIDABLE}
+    ignored = sorted(k for k in explicit - set(RESUME_OVERRIDABLE) if getattr(config, k) != getattr(resumed, k))
+    if ignored:
+        print(f"note: resuming keeps the checkpoint's {', '.join('--' + k for k in ignored)}")
+    return resumed.replace(**changes)

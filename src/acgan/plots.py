@@ -16,7 +16,7 @@ PLOTS = {
 
 
 def read_stats(path: Path) -> list[dict[str, float]]:
-    """Rows of stats.jsonl, skipping a torn last line and keeping the last row written for each step."""
+    """Rows of stats.jsonl, one per step: rows of one step merge (later values win); torn lines are skipped."""
     by_step: dict[int, dict[str, float]] = {}
     if not path.is_file():
         return []
@@ -26,7 +26,7 @@ def read_stats(path: Path) -> list[dict[str, float]]:
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
         if isinstance(row, dict) and "step" in row:
-            by_step[int(row["step"])] = row
+            by_step.setdefault(int(row["step"]), {}).update(row)
     return [by_step[s] for s in sorted(by_step)]
 
 

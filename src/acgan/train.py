@@ -14,8 +14,15 @@ import torch
 from torch import nn
 
 from acgan import distributed as dist_utils
-from acgan.checkpoint import latest_checkpoint, latest_run_dir, load_checkpoint, new_run_dir, save_checkpoint
-from acgan.config import RESUME_OVERRIDABLE, TrainConfig, config_from_dict, write_config_json
+from acgan.checkpoint import (
+    atomic_save,
+    latest_checkpoint,
+    load_checkpoint,
+    new_run_dir,
+    resolve_resume,
+    save_checkpoint,
+)
+from acgan.config import TrainConfig, merge_resumed_config, write_config_json
 from acgan.data import EpochSampler, ImageDataset, load_dataset
 from acgan.errors import UserError
 from acgan.losses import d_loss_fake, d_loss_real, g_loss
@@ -114,41 +121,13 @@ def restore_trainer(tr: Trainer, state: dict, info: dist_utils.DistInfo, seed: i
     tr.opt_G.load_state_dict(state["opt_G"])
     tr.opt_D.load_state_dict(state["opt_D"])
     tr.step, tr.epoch, tr.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
-    tr.extra["rollbacks"] = int(state.get("rollbacks", 0))
+    tr.extra.update({k: state[k] for k in ("rollbacks", "best_fid") if k in state})
     if info.world_size == 1 and int(state.get("world_size", 1)) == 1:
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     else:  # other ranks' RNG streams were never saved: derive fresh, distinct ones
         torch.manual_seed((seed * info.world_size + info.rank) * 1_000_003 + tr.step)
-
-
-def resolve_resume(config: TrainConfig) -> Path | None:
-    """The checkpoint `--resume` names: a file, a run directory, or 'auto' (latest run in --outdir)."""
-    if config.resume is None:
-        return None
-    if config.resume == "auto":
-        run_dir = latest_run_dir(Path(config.outdir))
-        return latest_checkpoint(run_dir) if run_dir else None
-    path = Path(config.resume)
-    if path.is_dir():
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise UserError(f"--resume: no checkpoint in {path}")
-        return ckpt
-    if not path.is_file():
-        raise UserError(f"--resume: no such file or directory: {path}")
-    return path
-
-
-def merge_resumed_config(saved: dict, config: TrainConfig, explicit: frozenset[str]) -> TrainConfig:
-    """The checkpoint's settings, except for the run-control flags the user gave explicitly."""
-    resumed = config_from_dict(saved)
-    changes = {k: getattr(config, k) for k in explicit if k in RESUME_OVERRIDABLE}
-    ignored = sorted(k for k in explicit - set(RESUME_OVERRIDABLE) if getattr(config, k) != getattr(resumed, k))
-    if ignored:
-        print(f"note: resuming keeps the checkpoint's {', '.join('--' + k for k in ignored)}")
-    return resumed.replace(**changes)
 
 
 class RunLog:
@@ -243,6 +222,38 @@ def _reduce_stats(acc: torch.Tensor, count: int) -> dict[str, float]:
     return row
 
 
+def make_evaluator(config: TrainConfig, dataset: ImageDataset, device: torch.device,
+                   info: dist_utils.DistInfo) -> Any:
+    """A function G -> metrics for --eval_every on rank 0 (None when evaluation is off or on other ranks)."""
+    if config.eval_every is None or not info.is_main:
+        return None
+    from acgan.metrics.evaluate import parse_metrics
+    from acgan.metrics.run import evaluate_generator, open_detector
+
+    metrics = parse_metrics(config.eval_metrics)
+    detector = open_detector(metrics, config.detector, device)  # fails now, not hours into the run
+
+    def evaluate(G: Generator) -> dict[str, float]:
+        return evaluate_generator(G, dataset, metrics, num_samples=config.eval_samples, detector=detector,
+                                  seed=config.seed)
+
+    return evaluate
+
+
+def _evaluate(tr: Trainer, evaluate: Any, log: RunLog, save_best: Any) -> None:
+    """Score G, log the numbers beside the step's stats, and keep best.pt by FID."""
+    from acgan.metrics.evaluate import with_sample_count
+
+    if evaluate is not None:
+        results = evaluate(tr.G_raw)
+        log.stats({"step": tr.step, **with_sample_count(results)})
+        fid = results.get("fid")
+        if fid is not None and math.isfinite(fid) and fid < tr.extra.get("best_fid", math.inf):
+            tr.extra["best_fid"] = fid
+            save_best()
+    dist_utils.barrier()  # other ranks wait while rank 0 evaluates
+
+
 def _finite(row: dict[str, float], tr: Trainer) -> bool:
     """True when every logged loss and every weight is finite."""
     params = (*tr.G_raw.parameters(), *tr.D_raw.parameters())
@@ -282,7 +293,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     """Setup, the loop, and the final checkpoint."""
     from tqdm import tqdm
 
-    ckpt_path = resolve_resume(config)
+    ckpt_path = resolve_resume(config.resume, config.outdir)
     state = load_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None:
         config = merge_resumed_config(state["config"], config, explicit)
@@ -313,12 +324,17 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     if info.is_main and tr.step == 0:
         save_grid(_real_grid(dataset, SAMPLES_PER_CLASS), run_dir / "samples" / "reals.png", SAMPLES_PER_CLASS)
     amp = autocast(device, precision)
+    evaluate = make_evaluator(config, dataset, device, info)
 
     def save() -> Path | None:
         if not info.is_main:
             return None
         return save_checkpoint(trainer_state(tr, config, dataset.class_names, info.world_size), run_dir,
                                tr.step, config.keep_ckpts)
+
+    def save_best() -> None:
+        state = trainer_state(tr, config, dataset.class_names, info.world_size)
+        atomic_save({**state, "format_version": 1}, run_dir / "checkpoints" / "best.pt")
 
     acc, count = torch.zeros(len(STAT_KEYS), device=device), 0
     t_last, step_last = time.perf_counter(), tr.step
@@ -354,6 +370,8 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
                         stopped = dist_utils.any_rank(stop.requested, device)
                 if tr.step % config.sample_every == 0 or last:
                     log.samples(tr.G_raw, z_fixed.to(device), y_fixed.to(device), tr.step, SAMPLES_PER_CLASS)
+                if config.eval_every and (tr.step % config.eval_every == 0 or last):
+                    _evaluate(tr, evaluate, log, save_best)
                 if not info.distributed:
                     stopped = stop.requested
                 if tr.step % config.ckpt_every == 0 or last or stopped:

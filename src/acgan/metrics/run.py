@@ -1,0 +1,79 @@
+"""Evaluate a checkpoint (or a second image set) against real data: what `acgan evaluate` and --eval_every call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from acgan.data import ImageDataset, load_dataset
+from acgan.errors import UserError
+from acgan.metrics.cache import default_cache_dir
+from acgan.metrics.detector import Detector, load_detector, resolve_detector_path
+from acgan.metrics.evaluate import compute_metrics, parse_metrics
+from acgan.models import Generator
+
+DETECTOR_METRICS = frozenset({"fid", "is", "kid", "pr", "ifid"})
+
+
+def generator_source(G: Generator, num_samples: int, seed: int) -> Callable[[int], Iterator[tuple[torch.Tensor, ...]]]:
+    """Batches of (uint8 images, labels) from G with balanced classes, drawn from a private RNG stream."""
+    device = next(G.parameters()).device
+    K = G.num_classes
+
+    @torch.no_grad()
+    def batches(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator(device=device).manual_seed(seed)  # never touches the training RNG
+        was_training = G.training
+        G.eval()
+        try:
+            for start in range(0, num_samples, batch_size):
+                n = min(batch_size, num_samples - start)
+                y = torch.arange(start, start + n, device=device) % K  # (n,) classes in turn: balanced
+                z = torch.randn(n, G.nz, device=device, generator=gen)
+                x = G(z, y).float()
+                yield ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu(), y.cpu()
+        finally:
+            G.train(was_training)
+
+    return batches
+
+
+def needs_detector(metrics: Sequence[str]) -> bool:
+    """True if any requested metric needs Inception features or probabilities."""
+    return bool(DETECTOR_METRICS.intersection(parse_metrics(metrics)))
+
+
+def open_detector(metrics: Sequence[str], detector: str | Path | None, device: torch.device) -> Detector | None:
+    """The Inception detector when the metrics need one (downloaded and verified on first use)."""
+    if not needs_detector(metrics):
+        return None
+    return load_detector(resolve_detector_path(detector), device=device)
+
+
+def evaluate_generator(G: Generator, reference: ImageDataset, metrics: Sequence[str], *, num_samples: int,
+                       detector: Detector | None, seed: int = 0, batch_size: int = 250) -> dict[str, float]:
+    """Metrics of num_samples images from G against a reference dataset with the same classes."""
+    if G.num_classes != reference.num_classes:
+        raise UserError(f"the generator has {G.num_classes} classes but the reference data has "
+                        f"{reference.num_classes}")
+    return compute_metrics(metrics, fake_images=generator_source(G, num_samples, seed),
+                           real_images=reference.images, real_labels=reference.labels,
+                           num_classes=reference.num_classes, detector=detector,
+                           real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size)
+
+
+def evaluate_datasets(candidate: ImageDataset, reference: ImageDataset, metrics: Sequence[str], *,
+                      detector: Detector | None, batch_size: int = 250) -> dict[str, float]:
+    """Metrics of one image set against another (e.g. CIFAR-10 test against train: a sanity check)."""
+    return compute_metrics(metrics, fake_images=(candidate.images, candidate.labels),
+                           real_images=reference.images, real_labels=reference.labels,
+                           num_classes=max(candidate.num_classes, reference.num_classes), detector=detector,
+                           real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size)
+
+
+def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_size: int,
+                   num_workers: int) -> ImageDataset:
+    """The real images metrics compare against."""
+    return load_dataset(dataset, root_dir, split=split, image_size=image_size, num_workers=num_workers)
