@@ -1,0 +1,79 @@
+"""`acgan evaluate` and in-training evaluation, end to end with a stand-in detector (no Inception offline)."""
+
+import json
+
+import pytest
+
+from acgan.cli import main
+from acgan.config import TrainConfig
+from acgan.metrics.standin import save_standin_detector
+from acgan.train import train
+
+
+@pytest.fixture(scope="module")
+def run_and_detector(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    run_dir = train(TrainConfig(dataset="shapes", batch_size=16, max_steps=2, outdir=str(root / "runs"),
+                                num_workers=0))
+    return run_dir, save_standin_detector(root / "standin.pt")
+
+
+def test_evaluate_checkpoint_prints_and_writes_every_metric(run_and_detector, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ACGAN_CACHE", str(tmp_path / "cache"))
+    run_dir, detector = run_and_detector
+    args = ["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--detector", str(detector),
+            "--metrics", "fid,is,kid,pr,ifid,msssim", "--num_samples", "200"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "fid200" in out and "is200_mean" in out
+    written = run_dir / "metrics" / "step-00000002.json"
+    results = json.loads(written.read_text())
+    for key in ("fid", "is_mean", "kid_mean", "precision", "recall", "ifid_mean", "msssim_fake_mean"):
+        assert key in results, key
+    assert results["num_fake"] == 200 and results["fid"] > 0
+    assert any((tmp_path / "cache").rglob("*.npz"))  # real statistics were cached
+    assert main(args) == 0  # a second evaluation never overwrites the first
+    assert (run_dir / "metrics" / "step-00000002-1.json").is_file() and written.is_file()
+
+
+def test_evaluate_two_image_sets_is_near_zero_for_the_same_set(run_and_detector, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ACGAN_CACHE", str(tmp_path / "cache"))
+    _, detector = run_and_detector
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--real", "unused", "--real_dataset", "shapes", "--real_split", "train",
+                 "--dataset", "shapes", "--detector", str(detector), "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["fid"]) < 1e-6
+    assert main(["evaluate", "--real", "unused", "--real_dataset", "shapes", "--real_split", "test",
+                 "--dataset", "shapes", "--detector", str(detector), "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "m-1.json").read_text())["fid"] > 0  # test split differs from train
+
+
+def test_missing_detector_is_one_clear_line(run_and_detector, capsys):
+    run_dir, _ = run_and_detector
+    code = main(["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--detector",
+                 "/nonexistent/inception.pt"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "/nonexistent/inception.pt" in err[0]
+
+
+def test_msssim_alone_needs_no_detector(run_and_detector, tmp_path):
+    run_dir, _ = run_and_detector
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", "msssim",
+                 "--num_samples", "100", "--out", str(out)]) == 0
+    assert 0 < json.loads(out.read_text())["msssim_fake_mean"] <= 1
+
+
+def test_eval_every_logs_metrics_and_keeps_best_by_fid(run_and_detector, monkeypatch, tmp_path):
+    monkeypatch.setenv("ACGAN_CACHE", str(tmp_path / "cache"))
+    _, detector = run_and_detector
+    run_dir = train(TrainConfig(dataset="shapes", batch_size=16, max_steps=4, log_every=2, eval_every=2,
+                                eval_samples=60, detector=str(detector), outdir=str(tmp_path / "runs"),
+                                num_workers=0))
+    rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    fids = [r["fid60"] for r in rows if "fid60" in r]
+    assert len(fids) == 2
+    from acgan.checkpoint import load_checkpoint
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["best_fid"] == min(fids) and best["step"] in (2, 4)
