@@ -28,7 +28,7 @@ from acgan.errors import UserError
 from acgan.losses import d_loss_fake, d_loss_real, g_loss
 from acgan.models import Discriminator, Generator, count_parameters
 from acgan.plots import read_stats, write_plots
-from acgan.precision import autocast, resolve_precision
+from acgan.precision import autocast, maybe_compile, resolve_precision
 from acgan.sample import class_grid_inputs, generate, save_grid
 
 STAT_KEYS = ("loss_D_real", "loss_D_fake", "loss_G", "D_x", "D_G_z1", "D_G_z2", "acc_real", "acc_fake")
@@ -62,12 +62,12 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
     betas = (config.beta1, config.beta2)
     opt_G = torch.optim.Adam(G_raw.parameters(), lr=config.lr, betas=betas, fused=fused)
     opt_D = torch.optim.Adam(D_raw.parameters(), lr=config.lr, betas=betas, fused=fused)
-    G, D = G_raw, D_raw
+    G, D = maybe_compile(G_raw, config.compile, device), maybe_compile(D_raw, config.compile, device)
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        G, D = DDP(G_raw, device_ids=ids), DDP(D_raw, device_ids=ids)
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
     return Trainer(G, D, opt_G, opt_D, G_raw, D_raw)
 
 
@@ -92,11 +92,12 @@ def train_step(tr: Trainer, x_real: torch.Tensor, y_real: torch.Tensor, nz: int,
     # (2) Update G: maximize L_C - L_S, i.e. fool the source head while keeping the class readable
     tr.opt_G.zero_grad(set_to_none=True)
     tr.D_raw.requires_grad_(False)  # D's weight gradients are not needed here: skip computing them
-    no_sync = tr.D.no_sync() if hasattr(tr.D, "no_sync") else contextlib.nullcontext()
-    with no_sync, amp:
-        source, logits = tr.D(x_fake)
-    loss, stats_g = g_loss(source, logits, y_fake)
-    with no_sync:
+    # DDP(D) must not reduce here: D takes no step, and its frozen weights never mark their gradients ready
+    no_sync = tr.D.no_sync if hasattr(tr.D, "no_sync") else contextlib.nullcontext
+    with no_sync():  # one context for forward and backward: a generator context manager cannot be re-entered
+        with amp:
+            source, logits = tr.D(x_fake)
+        loss, stats_g = g_loss(source, logits, y_fake)
         loss.backward()
     tr.D_raw.requires_grad_(True)
     tr.opt_G.step()
