@@ -197,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_sample(args)
         return _run_evaluate(args)
     except UserError as e:
-        print(f"acgan {args.command}: error: {e}", file=sys.stderr)
+        from acgan.distributed import rank_label  # under torchrun, say which rank failed
+
+        print(f"acgan {args.command}: error{rank_label()}: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permission denied, ...: the environment, not a bug
         where = f": {e.filename}" if e.filename else ""

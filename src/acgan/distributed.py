@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,11 @@ import torch
 import torch.distributed as dist
 
 from acgan.errors import UserError
+
+TIMEOUT_ENV = "ACGAN_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+# DDP's reducer re-raises backend failures as a plain RuntimeError, so they are told apart by their text.
+_PEER_FAILURE_MARKERS = ("gloo", "NCCL", "ProcessGroup", "Connection closed by peer", "Connection reset by peer")
 
 
 @dataclass(frozen=True)
@@ -60,19 +67,65 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
     return dev
 
 
-def init_process_group(info: DistInfo, device: torch.device, timeout_s: float = 600.0) -> None:
+def rank_label() -> str:
+    """' (rank R of W)' under torchrun with several processes, else '': tells whose error a line is."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {rank} of {world})" if world not in ("", "1") else ""
+
+
+def timeout_seconds() -> float:
+    """How long a collective may wait for a peer: $ACGAN_DIST_TIMEOUT seconds, default 600."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def init_process_group(info: DistInfo, device: torch.device, timeout_s: float | None = None) -> None:
     """Join torchrun's group: nccl on CUDA, gloo on CPU; a timeout turns a dead peer into an error, not a hang."""
     if not info.distributed or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    timeout = datetime.timedelta(seconds=timeout_s if timeout_s is not None else timeout_seconds())
+    dist.init_process_group(backend, timeout=timeout, **kwargs)
 
 
 def destroy_process_group() -> None:
     """Leave the group if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _is_peer_failure(e: BaseException) -> bool:
+    """True for errors raised because another rank died, stalled or could not be reached."""
+    return isinstance(e, dist.DistError) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in _PEER_FAILURE_MARKERS))
+
+
+@contextlib.contextmanager
+def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Join the group for the body and leave it after; a failed collective becomes one UserError line."""
+    try:
+        init_process_group(info, device)
+        yield
+    except Exception as e:
+        if not info.distributed or not _is_peer_failure(e):
+            raise
+        # Without this every surviving rank prints a long backend traceback that hides the real cause.
+        text = str(e).strip() or type(e).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])  # drop gloo's "[file.cc:line]" prefix
+        first = first.split(". ")[0][:300]  # the backend's advice after the first sentence is noise here
+        raise UserError(f"lost contact with the other ranks ({first}); the rank that failed first "
+                        f"reports the cause, or one stalled past {TIMEOUT_ENV}={timeout_seconds():g}s") from None
+    finally:
+        destroy_process_group()
 
 
 def barrier() -> None:
@@ -108,6 +161,28 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def check_agree(value: object, what: str, info: DistInfo) -> None:
+    """Fail on every rank, naming each rank's value, unless all ranks hold the same value."""
+    if not dist.is_initialized():
+        return
+    values: list[object] = [None] * info.world_size
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        raise UserError(f"ranks disagree on {what} ({per_rank})")
+
+
+def reshard_position(epoch: int, batch: int, saved_world_size: int, world_size: int,
+                     num_batches: int) -> tuple[int, int]:
+    """(epoch, batch) of a checkpoint saved by saved_world_size ranks, as a position for world_size ranks."""
+    if saved_world_size == world_size:
+        return epoch, batch
+    # Ranks stride one shared permutation, so b batches on W ranks are its first b*W*B images: the same
+    # images count as seen (up to a partial batch) whatever the world size.
+    batch = batch * saved_world_size // world_size
+    return (epoch + 1, 0) if batch >= num_batches else (epoch, batch)
+
+
 class StopRequest:
     """SIGTERM/SIGINT ask the loop to finish the step, checkpoint and exit 0; a second SIGINT exits at once."""
 
@@ -119,7 +194,8 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: checkpoints are atomic, so stopping now is safe
         self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint")
+        if os.environ.get("RANK", "0") == "0":  # torchrun signals every rank: one notice is enough
+            print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a checkpoint")
 
     def __enter__(self) -> StopRequest:
         with contextlib.suppress(ValueError):  # signals can only be set in the main thread
