@@ -16,7 +16,7 @@ import torch
 from acgan.errors import UserError
 
 RUN_DIR_RE = re.compile(r"^(\d{5})-")
-CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
 FORMAT_VERSION = 1
 
 
@@ -45,12 +45,54 @@ def latest_run_dir(outdir: Path) -> Path | None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """`last.pt` if present, else the newest numbered checkpoint of a run."""
+    """The newest complete checkpoint of a run: the newest numbered one, or `last.pt` when it is that file."""
     ckpt_dir = run_dir / "checkpoints"
-    if (ckpt_dir / "last.pt").is_file():
-        return ckpt_dir / "last.pt"
-    numbered = sorted(p for p in ckpt_dir.glob("ckpt-*.pt") if CKPT_RE.match(p.name)) if ckpt_dir.is_dir() else []
-    return numbered[-1] if numbered else None
+    if not ckpt_dir.is_dir():
+        return None
+    numbered = _numbered(ckpt_dir)[::-1]
+    last = ckpt_dir / "last.pt"
+    candidates = numbered
+    if last.is_file():
+        # A kill between writing ckpt-N and re-linking leaves last.pt on an older file: then ckpt-N is newer.
+        last_is_newest = not numbered or _same_file(last, numbered[0]) or _mtime(last) > _mtime(numbered[0])
+        candidates = [last, *numbered] if last_is_newest else [*numbered, last]
+    # Saves are atomic, so an incomplete file means outside damage: skip it; if all are, name the newest in errors.
+    return next((p for p in candidates if _is_complete(p)), candidates[0] if candidates else None)
+
+
+def _numbered(ckpt_dir: Path) -> list[Path]:
+    """Numbered checkpoints `ckpt-<step>.pt`, oldest first."""
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # pruned meanwhile by the run that owns it
+        return False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("-inf")
+
+
+def _is_complete(path: Path) -> bool:
+    """True when the file is a whole torch zip archive (a truncated one has lost its central directory)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("/data.pkl") or name == "data.pkl" for name in z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False
+
+
+def _remove_stale_temps(ckpt_dir: Path) -> None:
+    """Delete temp files a killed save left behind (`.<name>.<random>.tmp`, `.last.pt.tmp`)."""
+    for tmp in ckpt_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,9 +109,10 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:
     """Write to a temp file in the same directory, fsync, then rename: never a truncated file at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -77,29 +120,41 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"could not write checkpoint {path}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        if tmp is not None:  # after a successful rename there is nothing left to remove
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _durable_copy(src: Path, dst: Path) -> None:
+    """Copy and fsync, for file systems without hard links: renaming an unsynced copy could leave it empty."""
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
     """Save `ckpt-<step>.pt`, point `last.pt` at it, and prune older numbered ones beyond `keep`."""
     ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir():
+        _remove_stale_temps(ckpt_dir)  # this process is the run's only writer: any temp file is a dead save's
     path = ckpt_dir / f"ckpt-{step:08d}.pt"
     atomic_save({**state, "format_version": FORMAT_VERSION}, path)
     # last.pt is a second name for the same complete file: a hard link costs no extra write
     tmp = ckpt_dir / ".last.pt.tmp"
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, ckpt_dir / "last.pt")
-    _fsync_dir(ckpt_dir)
-    numbered = sorted(p for p in ckpt_dir.glob("ckpt-*.pt") if CKPT_RE.match(p.name))
-    for old in numbered[:-keep]:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            _durable_copy(path, tmp)
+        os.replace(tmp, ckpt_dir / "last.pt")
+        _fsync_dir(ckpt_dir)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"wrote {path} but could not update last.pt: {e.strerror or e}") from None
+    for old in _numbered(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
@@ -113,12 +168,26 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"refusing to load {path}: it is not a plain-weights checkpoint ({first[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
+    # A damaged archive or pickle fails in torch's reader and weights-only unpickler in many ways (RuntimeError,
+    # EOFError, IndexError, AssertionError, BadZipFile...): to the user they all mean the same.
+    except Exception as e:
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt): {type(e).__name__}") from None
+    _check_layout(state, path)
+    return state
+
+
+def _check_layout(state: Any, path: Path) -> None:
+    """Refuse a file that unpickles but is not shaped like an acgan checkpoint, before anyone indexes into it."""
     required = ("G", "D", "config", "step", "class_names")
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise UserError(f"{path} is not an acgan checkpoint (missing {', '.join(required)})")
-    return state
+    nets_ok = all(isinstance(state[k], dict) and all(isinstance(v, torch.Tensor) for v in state[k].values())
+                  for k in ("G", "D"))
+    names = state["class_names"]
+    names_ok = isinstance(names, (list, tuple)) and len(names) > 0 and all(isinstance(n, str) for n in names)
+    step_ok = isinstance(state["step"], int) and not isinstance(state["step"], bool) and state["step"] >= 0
+    if not (nets_ok and names_ok and step_ok and isinstance(state["config"], dict)):
+        raise UserError(f"{path} is damaged: its G, D, config, step or class_names entry has the wrong type")
 
 
 def resolve_resume(resume: str | None, outdir: str) -> Path | None:

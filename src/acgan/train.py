@@ -29,7 +29,7 @@ from acgan.losses import d_loss_fake, d_loss_real, g_loss
 from acgan.models import Discriminator, Generator, count_parameters
 from acgan.plots import read_stats, write_plots
 from acgan.precision import autocast, maybe_compile, resolve_precision
-from acgan.sample import class_grid_inputs, generate, save_grid
+from acgan.sample import class_grid_inputs, generate, make_grid, save_grid
 
 STAT_KEYS = ("loss_D_real", "loss_D_fake", "loss_G", "D_x", "D_G_z1", "D_G_z2", "acc_real", "acc_fake")
 SAMPLES_PER_CLASS = 10
@@ -57,6 +57,8 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
     G_raw = Generator(config.nz, num_classes, config.image_size).to(device)
     D_raw = Discriminator(num_classes, config.image_size).to(device)
     if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
         G_raw, D_raw = nn.SyncBatchNorm.convert_sync_batchnorm(G_raw), nn.SyncBatchNorm.convert_sync_batchnorm(D_raw)
     fused = device.type == "cuda"  # one kernel for the whole Adam update
     betas = (config.beta1, config.beta2)
@@ -167,7 +169,7 @@ class RunLog:
         images = generate(G.eval(), z, y)
         G.train(was_training)
         save_grid(images, self.run_dir / "samples" / f"step-{step:08d}.png", nrow=num_cols)
-        self._writer().add_image("samples", torch.from_numpy(_grid_hwc(images, num_cols)), step, dataformats="HWC")
+        self._writer().add_image("samples", torch.from_numpy(make_grid(images, num_cols)), step, dataformats="HWC")
         write_plots(self.stats_path, self.run_dir / "plots")
 
     def close(self) -> None:
@@ -176,12 +178,6 @@ class RunLog:
             write_plots(self.stats_path, self.run_dir / "plots")
             if self._tb is not None:
                 self._tb.close()
-
-
-def _grid_hwc(images: torch.Tensor, nrow: int) -> Any:
-    from acgan.sample import make_grid
-
-    return make_grid(images, nrow)
 
 
 def load_train_data(config: TrainConfig, info: dist_utils.DistInfo) -> ImageDataset:
@@ -269,10 +265,10 @@ def _recover(tr: Trainer, config: TrainConfig, run_dir: Path, info: dist_utils.D
         where = f"; last good checkpoint: {good} (resume with --resume {good})" if good else ""
         tried = f" after {rollbacks} rollbacks" if rollbacks else ""
         raise UserError(f"training diverged at step {bad_step}: non-finite loss or weights{tried}{where}")
+    current = [g["lr"] for opt in (tr.opt_G, tr.opt_D) for g in opt.param_groups]
     restore_trainer(tr, load_checkpoint(good), info, config.seed)
-    for opt in (tr.opt_G, tr.opt_D):
-        for group in opt.param_groups:
-            group["lr"] *= 0.5
+    for group, lr in zip([g for opt in (tr.opt_G, tr.opt_D) for g in opt.param_groups], current, strict=True):
+        group["lr"] = min(lr, group["lr"]) * 0.5  # the rate in use: the checkpoint may predate a rollback
     tr.extra["rollbacks"] = rollbacks + 1
     if info.is_main:
         print(f"\nnon-finite values at step {bad_step}: rolled back to step {tr.step} ({good.name}), "
@@ -283,11 +279,8 @@ def train(config: TrainConfig, explicit: frozenset[str] = frozenset()) -> Path:
     """Train (or resume) an ACGAN; returns the run directory. Works alone or under torchrun."""
     info = dist_utils.env_info()
     device = dist_utils.resolve_device(config.device, info)
-    dist_utils.init_process_group(info, device)
-    try:
+    with dist_utils.process_group(info, device):
         return _train(config, explicit, info, device)
-    finally:
-        dist_utils.destroy_process_group()
 
 
 def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistInfo, device: torch.device) -> Path:
@@ -308,9 +301,14 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     tr = build_trainer(config, K, device, info)
     if state is not None:
         restore_trainer(tr, state, info, config.seed)
+    # a node that cannot see the checkpoint would silently train from scratch beside the others
+    dist_utils.check_agree(tr.step, "the step to resume from (every node must see --outdir/--resume)", info)
     run_dir = prepare_run_dir(config, ckpt_path, info)
     sampler = EpochSampler(dataset, config.batch_size, device=device, seed=config.seed,
                            rank=info.rank, world_size=info.world_size)
+    if state is not None:  # the saved position counts batches of the saved world size
+        tr.epoch, tr.batch = dist_utils.reshard_position(tr.epoch, tr.batch, int(state.get("world_size", 1)),
+                                                         info.world_size, sampler.num_batches)
     total = total_steps(config, sampler.num_batches)
     global_batch = config.batch_size * info.world_size
     if info.is_main:
@@ -329,6 +327,9 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
 
     def save() -> Path | None:
         if not info.is_main:
+            return None
+        if not _finite({}, tr):  # weights only, between divergence checks: never save what rollback would reload
+            print(f"\nnot writing a checkpoint at step {tr.step}: the weights are not finite")
             return None
         return save_checkpoint(trainer_state(tr, config, dataset.class_names, info.world_size), run_dir,
                                tr.step, config.keep_ckpts)

@@ -75,6 +75,9 @@ CIFAR_DOWNLOADS: dict[str, tuple[str, str]] = {
 }
 
 _PIXELS = 3 * 32 * 32
+# The largest official file (CIFAR-100 train) is about 160 MB; anything far beyond is not CIFAR and would
+# only be read into memory to be refused.
+MAX_FILE_BYTES = 1 << 30
 
 
 def load_cifar(name: str, root_dir: str | Path | None, *, split: str = "train", download: bool = False,
@@ -172,6 +175,7 @@ def _read_dir(batch_dir: Path, wanted: tuple[str, ...]) -> dict[str, tuple[Any, 
         if not path.is_file():
             continue
         try:
+            _check_size(path.stat().st_size, str(path))
             data = path.read_bytes()
         except OSError as exc:
             raise UserError(f"could not read {path}: {exc}") from None
@@ -191,13 +195,20 @@ def _read_tar(archive: Path, wanted: tuple[str, ...], spec: CifarSpec) -> dict[s
                     continue
                 if len(path.parts) > 1 and path.parent.name != spec.dir_name:
                     continue
+                source = f"{member.name} in {archive}"
+                _check_size(member.size, source)
                 file = tar.extractfile(member)
                 assert file is not None  # isfile() members always have a file object
-                source = f"{member.name} in {archive}"
                 objects[path.name] = (load_cifar_pickle(file.read(), source), source)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise UserError(f"could not read archive {archive}: {str(exc) or type(exc).__name__}") from None
     return objects
+
+
+def _check_size(size: int, source: str) -> None:
+    """Refuse a file too large to be a CIFAR batch before reading it into memory."""
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{source} is {size:,} bytes, far larger than any CIFAR file: refusing to read it")
 
 
 def _parse_meta(meta: Any, source: str, spec: CifarSpec) -> tuple[str, ...]:
@@ -223,9 +234,13 @@ def _parse_batch(batch: Any, source: str, spec: CifarSpec) -> tuple[np.ndarray, 
         raise UserError(f"{source} is not a CIFAR batch: data must be (n, {_PIXELS}) uint8, got {shape} "
                         f"{getattr(data, 'dtype', '')}".rstrip())
     try:
-        labels = np.asarray(batch[spec.labels_key], dtype=np.int64)
+        raw = np.asarray(batch[spec.labels_key])
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{source} is not a CIFAR batch: its labels are not integers") from None
+    # Checked by kind, not cast: int64 casting would silently turn 0.7, "3" or b"3" into a label.
+    if raw.size and raw.dtype.kind not in "iu":
+        raise UserError(f"{source} is not a CIFAR batch: its labels are not integers ({raw.dtype})")
+    labels = raw.astype(np.int64)  # uint64 beyond int64 wraps negative and is refused as out of range below
     if labels.shape != (data.shape[0],):
         raise UserError(f"{source} has {data.shape[0]} images but labels of shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):

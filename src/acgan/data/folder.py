@@ -52,9 +52,11 @@ def load_folder(root_dir: str | Path | None, *, image_size: int = 32, num_worker
 
 def list_images(class_dir: Path) -> list[Path]:
     """Image files directly in class_dir, sorted by name; other and hidden files are ignored."""
+    # A dangling link is kept, so that decoding names it instead of the dataset silently shrinking.
     return sorted(
         (p for p in class_dir.iterdir()
-         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
+         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+         and (p.is_file() or (p.is_symlink() and not p.exists()))),
         key=lambda p: p.name,
     )
 
@@ -95,7 +97,8 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
     # A broken file can fail anywhere in PIL (OSError, SyntaxError, struct.error, ...); whatever the
     # failure, the user needs to know which file to fix.
     except Exception as exc:
-        raise UserError(f"could not read image {path}: {exc}") from None
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__  # one line, whatever PIL says
+        raise UserError(f"could not read image {path}: {detail}") from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

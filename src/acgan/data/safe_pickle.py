@@ -69,4 +69,5 @@ def load_cifar_pickle(data: bytes, source: str) -> Any:
     # A truncated or garbled pickle can fail in many ways (EOFError, UnpicklingError, ValueError,
     # TypeError from numpy...); all of them mean the same thing to the user.
     except Exception as exc:
-        raise UserError(f"could not read {source}: it is truncated or not a CIFAR batch ({exc})") from None
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__  # pickle's messages can span lines
+        raise UserError(f"could not read {source}: it is truncated or not a CIFAR batch ({detail})") from None
