@@ -279,11 +279,14 @@ def train(config: TrainConfig, explicit: frozenset[str] = frozenset()) -> Path:
     """Train (or resume) an ACGAN; returns the run directory. Works alone or under torchrun."""
     info = dist_utils.env_info()
     device = dist_utils.resolve_device(config.device, info)
-    with dist_utils.process_group(info, device):
-        return _train(config, explicit, info, device)
+    # signals are caught from the start: a SIGTERM during setup stops after the first step, one during the
+    # final plots is simply absorbed, and the exit status is 0 either way
+    with dist_utils.process_group(info, device), dist_utils.StopRequest() as stop:
+        return _train(config, explicit, info, device, stop)
 
 
-def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistInfo, device: torch.device) -> Path:
+def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistInfo, device: torch.device,
+           stop: dist_utils.StopRequest) -> Path:
     """Setup, the loop, and the final checkpoint."""
     from tqdm import tqdm
 
@@ -341,8 +344,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     acc, count = torch.zeros(len(STAT_KEYS), device=device), 0
     t_last, step_last = time.perf_counter(), tr.step
     stopped = False
-    with dist_utils.StopRequest() as stop, tqdm(total=total, initial=tr.step, disable=not info.is_main,
-                                     dynamic_ncols=True, unit="step") as pbar:
+    with tqdm(total=total, initial=tr.step, disable=not info.is_main, dynamic_ncols=True, unit="step") as pbar:
         while tr.step < total and not stopped:
             for x_real, y_real in sampler.epoch(tr.epoch, start=tr.batch):
                 stats = train_step(tr, x_real, y_real, config.nz, K, amp)
