@@ -132,8 +132,8 @@ def main() -> None:
     default_data = Path(__file__).resolve().parents[2] / "shared" / "cifar10" / "cifar-10-python.tar.gz"
     ap.add_argument("--data", default=str(default_data) if default_data.exists() else "synthetic",
                     help="CIFAR-10 directory or .tar.gz, or 'synthetic' (random data of the same shape)")
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=20)  # oneDNN builds its bf16 kernels over the first steps
     ap.add_argument("--batch_size", type=int, default=100)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
@@ -149,8 +149,9 @@ def main() -> None:
     else:
         dataset = load_dataset("cifar10", a.data)
     precision = resolve_precision(a.precision, device)
-    ref = None if a.skip_reference else reference_loop(dataset, a.steps, a.warmup, device, a.batch_size)
+    # acgan first: the reference's DataLoader worker processes would otherwise linger beside it
     ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision)
+    ref = None if a.skip_reference else reference_loop(dataset, a.steps, a.warmup, device, a.batch_size)
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else "cpu", "threads": torch.get_num_threads(), "precision": precision, "batch_size": a.batch_size,
               "steps": a.steps, "data": "synthetic" if a.data == "synthetic" else "cifar10",
