@@ -25,7 +25,7 @@ def test_evaluate_checkpoint_prints_and_writes_every_metric(run_and_detector, ca
             "--metrics", "fid,is,kid,pr,ifid,msssim", "--num_samples", "200"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "fid200" in out and "is200_mean" in out
+    assert "fid200" in out and "is200_mean" in out and "200 images generated and scored in" in out
     written = run_dir / "metrics" / "step-00000002.json"
     results = json.loads(written.read_text())
     for key in ("fid", "is_mean", "kid_mean", "precision", "recall", "ifid_mean", "msssim_fake_mean"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise UserError("--num_samples must be at least 2 and --batch_size positive")
     device = resolve_device(args.device, env_info())
     detector = open_detector(args.metrics.split(","), args.detector, device)
+    start = time.perf_counter()
     if args.checkpoint is not None:
         G, _, config, step = load_generator(args.checkpoint, device)
         dataset, root_dir = args.dataset or config.dataset, args.root_dir or config.root_dir
@@ -171,9 +173,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         results = evaluate_datasets(candidate, reference, args.metrics.split(","), detector=detector,
                                     batch_size=args.batch_size)
         default_out = Path("metrics.json")
+    seconds = time.perf_counter() - start
     out = _unused_path(args.out or default_out)
     write_json(results, out)
     print(format_table(results))
+    print(f"{int(results['num_fake'])} images generated and scored in {seconds:.1f} s "
+          f"({results['num_fake'] / seconds:.0f} images/s on {device}, real statistics included)")
     print(f"wrote {out}")
     return 0
 
