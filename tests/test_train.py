@@ -69,3 +69,14 @@ def test_resume_keeps_the_checkpoint_settings_that_define_training(tmp_path):
 def test_resume_of_a_missing_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         train(TrainConfig(**SMALL, outdir=str(tmp_path), resume=str(tmp_path / "nope.pt")))
+
+
+def test_real_grid_keeps_one_row_per_class_when_a_class_is_short():
+    from acgan.data import ImageDataset
+    from acgan.train import _real_grid
+
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 32, 32).contiguous()
+    data = ImageDataset(images, torch.tensor([0, 0, 0, 1, 1]), ("a", "b"))
+    grid = _real_grid(data, per_class=3)
+    assert grid.shape == (6, 3, 32, 32)
+    assert grid[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 255]  # class b's row is padded, not shifted

@@ -15,6 +15,7 @@ from torch import nn
 
 from acgan import distributed as dist_utils
 from acgan.checkpoint import (
+    FORMAT_VERSION,
     atomic_save,
     latest_checkpoint,
     load_checkpoint,
@@ -322,7 +323,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
         print(f"run {run_dir}: {len(dataset)} images, {K} classes, {device}, {precision}, "
               f"global batch {global_batch}, steps {tr.step} -> {total}")
     log = RunLog(run_dir, info.is_main, tr.step)
-    z_fixed, y_fixed = class_grid_inputs(K, SAMPLES_PER_CLASS, config.nz, config.seed)
+    z_fixed, y_fixed = (t.to(device) for t in class_grid_inputs(K, SAMPLES_PER_CLASS, config.nz, config.seed))
     if info.is_main and tr.step == 0:
         save_grid(_real_grid(dataset, SAMPLES_PER_CLASS), run_dir / "samples" / "reals.png", SAMPLES_PER_CLASS)
     amp = autocast(device, precision)
@@ -339,7 +340,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
 
     def save_best() -> None:
         state = trainer_state(tr, config, dataset.class_names, info.world_size)
-        atomic_save({**state, "format_version": 1}, run_dir / "checkpoints" / "best.pt")
+        atomic_save({**state, "format_version": FORMAT_VERSION}, run_dir / "checkpoints" / "best.pt")
 
     acc, count = torch.zeros(len(STAT_KEYS), device=device), 0
     t_last, step_last = time.perf_counter(), tr.step
@@ -373,7 +374,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
                     if info.distributed:
                         stopped = dist_utils.any_rank(stop.requested, device)
                 if tr.step % config.sample_every == 0 or last:
-                    log.samples(tr.G_raw, z_fixed.to(device), y_fixed.to(device), tr.step, SAMPLES_PER_CLASS)
+                    log.samples(tr.G_raw, z_fixed, y_fixed, tr.step, SAMPLES_PER_CLASS)
                 if config.eval_every and (tr.step % config.eval_every == 0 or last):
                     _evaluate(tr, evaluate, log, save_best)
                 if not info.distributed:
@@ -390,9 +391,10 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
 
 
 def _real_grid(dataset: ImageDataset, per_class: int) -> torch.Tensor:
-    """uint8 grid of real images, one row per class, to set beside the samples."""
-    rows = []
+    """uint8 grid of real images, one row per class, to set beside the samples (short classes padded white)."""
+    S, rows = dataset.image_size, []
     for c in range(dataset.num_classes):
         idx = (dataset.labels == c).nonzero().flatten()[:per_class]
-        rows.append(dataset.images[idx])
-    return torch.cat(rows)
+        pad = torch.full((per_class - len(idx), 3, S, S), 255, dtype=torch.uint8)
+        rows.append(torch.cat([dataset.images[idx], pad]))
+    return torch.cat(rows)  # (K * per_class, 3, S, S)
