@@ -78,3 +78,12 @@ def test_bit_dropout_masks_are_independent_across_calls_and_positions():
     assert abs(agreement - 0.5) < 0.01  # two calls draw fresh masks
     neighbours = (a[:-1] == a[1:]).float().mean().item()
     assert abs(neighbours - 0.5) < 0.01  # bits of one byte are not correlated
+
+
+def test_paper_discriminator_with_embed_dim_swaps_the_class_head_for_an_embedding_and_proxies():
+    D = Discriminator(num_classes=10, embed_dim=16)
+    # the class head becomes 8192 -> 16; the (10, 16) proxies are new
+    assert count_parameters(D) == 1_664_875 - (8192 * 10 + 10) + (8192 * 16 + 16) + 10 * 16
+    source, embedding = D.eval()(torch.randn(3, 3, 32, 32))
+    assert source.shape == (3,) and embedding.shape == (3, 16) and D.proxies.shape == (10, 16)
+    assert Discriminator(10).proxies is None

@@ -1,0 +1,45 @@
+"""The networks: build_nets(arch, ...) -> (G, D) for every architecture; G(z, y) -> x, D(x) -> (source, class).
+
+Each D's class output is class logits (B, K), or with embed_dim an embedding (B, E) to compare with its
+class proxies D.proxies (K, E) (ReACGAN's data-to-data cross-entropy).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from acgan.errors import UserError
+from acgan.models import imagenet, paper, resnet, sndcgan
+from acgan.models.layers import BitDropout, CondBatchNorm2d, count_parameters, init_weights
+from acgan.models.paper import SUPPORTED_SIZES, Discriminator, Generator
+
+ARCHS = ("paper", "sndcgan", "resnet", "imagenet")
+
+__all__ = [
+    "ARCHS",
+    "SUPPORTED_SIZES",
+    "BitDropout",
+    "CondBatchNorm2d",
+    "Discriminator",
+    "Generator",
+    "build_nets",
+    "count_parameters",
+    "init_weights",
+]
+
+
+def build_nets(
+    arch: str, nz: int, num_classes: int, image_size: int, *, embed_dim: int | None = None, cond_bn: bool = True
+) -> tuple[nn.Module, nn.Module]:
+    """Initialised (G, D) of one architecture; cond_bn only applies to sndcgan and resnet (paper nets concatenate)."""
+    if arch not in ARCHS:
+        raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if embed_dim is not None and embed_dim < 1:
+        raise UserError(f"--embed_dim must be a positive integer, got {embed_dim}")
+    modules = {"paper": paper, "sndcgan": sndcgan, "resnet": resnet, "imagenet": imagenet}
+    module = modules[arch]
+    if arch in ("paper", "imagenet"):  # the paper's nets always concatenate the one-hot class to z
+        G = module.Generator(nz, num_classes, image_size)
+    else:
+        G = module.Generator(nz, num_classes, image_size, cond_bn=cond_bn)
+    return G, module.Discriminator(num_classes, image_size, embed_dim=embed_dim)
