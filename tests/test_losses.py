@@ -2,9 +2,10 @@
 
 import math
 
+import pytest
 import torch
 
-from acgan.losses import d_loss_fake, d_loss_real, g_loss
+from acgan.losses import CLASS_LOSSES, SOURCE_LOSSES, d2d_ce, d_loss_fake, d_loss_real, g_loss
 
 
 def _log_softmax_at(logits, y):
@@ -49,3 +50,107 @@ def test_losses_are_fp32_for_bf16_logits():
                           torch.tensor([0, 1, 2]))
     assert loss.dtype == torch.float32
     assert math.isclose(loss.item(), math.log(2) + math.log(5), rel_tol=1e-6)
+
+
+def _sigmoid(v):
+    return 1 / (1 + math.exp(-v))
+
+
+def test_hinge_losses_match_hand_values_and_keep_sigmoid_stats():
+    s = torch.tensor([2.0, 0.5, -1.0])
+    logits, y = torch.zeros(3, 4), torch.tensor([0, 1, 2])  # CE of uniform logits is log(4)
+    loss_r, stats_r = d_loss_real(s, logits, y, loss="hinge")
+    loss_f, stats_f = d_loss_fake(s, logits, y, loss="hinge")
+    loss_g, stats_g = g_loss(s, logits, y, loss="hinge")
+    # relu(1 - s) = [0, 0.5, 2]; relu(1 + s) = [3, 1.5, 0]; -s = [-2, -0.5, 1]
+    assert math.isclose(loss_r.item(), 2.5 / 3 + math.log(4), rel_tol=1e-6)
+    assert math.isclose(loss_f.item(), 4.5 / 3 + math.log(4), rel_tol=1e-6)
+    assert math.isclose(loss_g.item(), -1.5 / 3 + math.log(4), rel_tol=1e-6)
+    mean_sigmoid = (_sigmoid(2.0) + _sigmoid(0.5) + _sigmoid(-1.0)) / 3
+    for stat in (stats_r["D_x"], stats_f["D_G_z1"], stats_g["D_G_z2"]):
+        assert math.isclose(stat.item(), mean_sigmoid, rel_tol=1e-6)
+
+
+def test_stats_keys_are_the_same_for_every_option():
+    s, y = torch.zeros(2), torch.tensor([0, 1])
+    proxies = torch.eye(2)
+    for kwargs, class_out in [({}, torch.zeros(2, 2)), ({"loss": "hinge", "proxies": proxies}, torch.eye(2))]:
+        assert set(d_loss_real(s, class_out, y, **kwargs)[1]) == {"loss_D_real", "D_x", "acc_real"}
+        assert set(d_loss_fake(s, class_out, y, **kwargs)[1]) == {"loss_D_fake", "D_G_z1", "acc_fake"}
+        assert set(g_loss(s, class_out, y, **kwargs)[1]) == {"loss_G", "D_G_z2"}
+
+
+def test_unknown_source_loss_is_rejected():
+    with pytest.raises(ValueError, match="source loss"):
+        d_loss_real(torch.zeros(2), torch.zeros(2, 3), torch.tensor([0, 1]), loss="wgan")
+    assert SOURCE_LOSSES == ("bce", "hinge") and CLASS_LOSSES == ("ce", "d2dce")
+
+
+# Three samples, E = 2: e0 = (1, 0) class 0, e1 = (0, 1) class 1, e2 = (1, 1) class 0 (cosines to e0, e1 are
+# 1/sqrt 2); proxies v0 = (1, 0), v1 = (0, 2) (normalised to (0, 1)). Temperature 0.5, m_p 0.98, m_n 0.02.
+_EMBED = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+_PROXIES = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+_Y = torch.tensor([0, 1, 0])
+
+
+def _d2dce_by_hand():
+    t, m_p, m_n, r = 0.5, 0.98, 0.02, 1 / math.sqrt(2)
+    pos = [min(1.0 - m_p, 0) / t, min(1.0 - m_p, 0) / t, min(r - m_p, 0) / t]  # cos to own proxy: 1, 1, r
+
+    def neg(cos):
+        return max(cos - m_n, 0) / t
+
+    # negatives, same-class pairs (0, 2) left out: sample 0 -> {1} (cos 0); sample 1 -> {0 (cos 0), 2 (cos r)};
+    # sample 2 -> {1} (cos r)
+    terms = [
+        -pos[0] + math.log(math.exp(pos[0]) + math.exp(neg(0.0))),
+        -pos[1] + math.log(math.exp(pos[1]) + math.exp(neg(0.0)) + math.exp(neg(r))),
+        -pos[2] + math.log(math.exp(pos[2]) + math.exp(neg(r))),
+    ]
+    return sum(terms) / 3
+
+
+def test_d2dce_matches_the_formula_on_a_hand_computed_batch():
+    assert math.isclose(d2d_ce(_EMBED, _PROXIES, _Y).item(), _d2dce_by_hand(), rel_tol=1e-6)
+    loss, _ = d_loss_real(torch.tensor([0.0, 0.0, 0.0]), _EMBED, _Y, proxies=_PROXIES)
+    assert math.isclose(loss.item(), math.log(2) + _d2dce_by_hand(), rel_tol=1e-6)
+    loss_g, _ = g_loss(torch.tensor([0.0, 0.0, 0.0]), _EMBED, _Y, proxies=_PROXIES)
+    assert math.isclose(loss_g.item(), math.log(2) + _d2dce_by_hand(), rel_tol=1e-6)
+
+
+def test_d2dce_with_one_class_keeps_only_the_data_to_proxy_term():
+    # no negatives: each row's softmax holds only exp(pos_i), so l_i = -log(exp(pos_i) / exp(pos_i)) = 0,
+    # whatever the embeddings and however far they sit from the proxy
+    embed = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    loss = d2d_ce(embed, torch.randn(4, 3), torch.full((5,), 2))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.isfinite(embed.grad).all() and embed.grad.abs().max().item() == 0.0
+
+
+def test_d2dce_gradients_are_finite_and_fp32_for_bf16_inputs():
+    gen = torch.Generator().manual_seed(1)
+    embed = torch.randn(8, 16, generator=gen).to(torch.bfloat16).requires_grad_()
+    proxies = torch.randn(4, 16, generator=gen).requires_grad_()
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    loss, _ = g_loss(torch.zeros(8), embed, y, proxies=proxies)
+    loss.backward()
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item())
+    for grad in (embed.grad, proxies.grad):
+        assert torch.isfinite(grad.float()).all() and grad.abs().sum().item() > 0
+
+
+def test_d2dce_accuracy_uses_the_nearest_proxy():
+    proxies = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    embed = torch.tensor([[3.0, 0.5], [0.1, 2.0], [-5.0, 1.0], [-0.2, 1.0]])  # nearest proxies: 0, 1, 2, 1
+    y = torch.tensor([0, 1, 2, 0])
+    _, stats = d_loss_real(torch.zeros(4), embed, y, proxies=proxies)
+    assert stats["acc_real"].item() == 0.75
+
+
+def test_d2dce_fake_loss_for_d_has_no_class_term():
+    source = torch.tensor([0.0, 3.0, -1.0])
+    embed = torch.randn(3, 2, requires_grad=True)
+    loss, stats = d_loss_fake(source, embed, _Y, loss="hinge", proxies=_PROXIES)
+    assert math.isclose(loss.item(), (1.0 + 4.0 + 0.0) / 3, rel_tol=1e-6)  # relu(1 + s) only
+    assert "acc_fake" in stats and not loss.requires_grad  # the embedding is not part of D's fake loss

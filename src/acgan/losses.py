@@ -1,10 +1,16 @@
-"""ACGAN objectives as pure functions of logits: each returns the loss and a dict of detached statistics.
+"""ACGAN objectives as pure functions of D's outputs: each returns the loss and a dict of detached statistics.
 
 The paper: D maximizes L_S + L_C, G maximizes L_C - L_S, with
 L_S = E[log P(S=real | x_real)] + E[log P(S=fake | x_fake)] and L_C = E[log P(C=c | x)] over real and
 fake images. As losses to minimize: D takes BCE(source) + CE(class) on real and on fake images; G takes
 the non-saturating BCE(source of fake | real) + CE(class of fake | requested class). Logits stay raw
 (BCE-with-logits, CE on logits) and are computed in fp32 even when the nets run in bf16.
+
+Two options swap either half. Source loss "hinge" (Lim & Ye 2017; Miyato et al. 2018): D takes
+relu(1 - s) on real and relu(1 + s) on fake, G takes -s. Class loss "d2dce" (Kang et al., NeurIPS 2021,
+ReACGAN): D's class head emits an embedding, scored against per-class proxies with the Data-to-Data
+Cross-Entropy of `d2d_ce`; as in ReACGAN, D then learns classes from real images only (no class term on
+fakes), while G still takes the class term on its fakes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,15 @@ import torch.nn.functional as F
 
 Stats = dict[str, torch.Tensor]
 
+SOURCE_LOSSES = ("bce", "hinge")
+CLASS_LOSSES = ("ce", "d2dce")
+
+# ReACGAN's settings (PyTorch-StudioGAN configs, e.g. CIFAR10/ReACGAN.yaml: temperature 0.5, m_p 0.98); the
+# negative margin is 1 - m_p, as StudioGAN's Data2DataCrossEntropyLoss computes it (cos + m_p - 1).
+D2DCE_TEMPERATURE = 0.5
+D2DCE_POS_MARGIN = 0.98
+D2DCE_NEG_MARGIN = 1.0 - D2DCE_POS_MARGIN
+
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Mean BCE of source logits against a constant real (1) or fake (0) target."""
@@ -21,37 +36,90 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def _accuracy(class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction of images whose arg-max class is y."""
-    return (class_logits.argmax(dim=1) == y).float().mean()
+def _source_loss(source: torch.Tensor, loss: str, role: str) -> torch.Tensor:
+    """Source term in fp32 for role "real" or "fake" (D's targets) or "gen" (G's non-saturating target)."""
+    s = source.float()  # (B,)
+    if loss == "bce":
+        return _bce(s, 0.0 if role == "fake" else 1.0)
+    if loss == "hinge":
+        if role == "real":
+            return F.relu(1.0 - s).mean()
+        if role == "fake":
+            return F.relu(1.0 + s).mean()
+        return -s.mean()
+    raise ValueError(f"unknown source loss {loss!r}; expected one of {SOURCE_LOSSES}")
 
 
-def d_loss_real(source: torch.Tensor, class_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
-    """D's loss on real images: BCE(source | real) + CE(class | true class)."""
-    loss_s = _bce(source, 1.0)
-    loss_c = F.cross_entropy(class_logits.float(), y)
+def _cosine_to_proxies(embed: torch.Tensor, proxies: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every embedding to every class proxy, in fp32."""
+    if embed.dim() != 2 or proxies.dim() != 2 or embed.shape[1] != proxies.shape[1]:
+        raise ValueError(f"d2dce needs embeddings (B, E) and proxies (K, E); got {tuple(embed.shape)} and "
+                         f"{tuple(proxies.shape)}")
+    e = F.normalize(embed.float(), dim=1)  # (B, E)
+    v = F.normalize(proxies.float(), dim=1)  # (K, E)
+    return e @ v.T  # (B, K)
+
+
+def d2d_ce(embed: torch.Tensor, proxies: torch.Tensor, y: torch.Tensor, *, temperature: float = D2DCE_TEMPERATURE,
+           m_p: float = D2DCE_POS_MARGIN, m_n: float = D2DCE_NEG_MARGIN) -> torch.Tensor:
+    """ReACGAN's Data-to-Data Cross-Entropy of embeddings (B, E) against class proxies (K, E), in fp32."""
+    # With f_i, v_c unit vectors and N_i = {j : y_j != y_i} (same-class samples are not negatives):
+    #   l_i = -log( exp(min(f_i.v_{y_i} - m_p, 0) / T)
+    #               / (exp(min(f_i.v_{y_i} - m_p, 0) / T) + sum_{j in N_i} exp(max(f_i.f_j - m_n, 0) / T)) )
+    # The margins stop pulling a sample once it is within m_p of its proxy and stop pushing pairs that are
+    # already nearly orthogonal, which is what keeps D's class gradients bounded (the paper's point).
+    e = F.normalize(embed.float(), dim=1)  # (B, E)
+    pos = _cosine_to_proxies(embed, proxies).gather(1, y[:, None])  # (B, 1)
+    pos = torch.clamp(pos - m_p, max=0.0) / temperature  # (B, 1)
+    neg = torch.clamp(e @ e.T - m_n, min=0.0) / temperature  # (B, B)
+    neg = neg.masked_fill(y[:, None] == y[None, :], float("-inf"))  # drop self and same-class pairs
+    # logsumexp over [positive, negatives] is the exact denominator, stable without a max trick
+    return (torch.logsumexp(torch.cat([pos, neg], dim=1), dim=1) - pos[:, 0]).mean()
+
+
+def _class_loss(class_out: torch.Tensor, y: torch.Tensor, proxies: torch.Tensor | None) -> torch.Tensor:
+    """CE on class logits, or D2D-CE on an embedding when proxies are given."""
+    if proxies is None:
+        return F.cross_entropy(class_out.float(), y)
+    return d2d_ce(class_out, proxies, y)
+
+
+def _accuracy(class_out: torch.Tensor, y: torch.Tensor, proxies: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of images whose arg-max class (logit, or cosine to a proxy) is y."""
+    class_out = class_out.detach()
+    scores = class_out if proxies is None else _cosine_to_proxies(class_out, proxies.detach())  # (B, K)
+    return (scores.argmax(dim=1) == y).float().mean()
+
+
+def d_loss_real(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
+                proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+    """D's loss on real images: source(real) + class(true class), CE on logits or D2D-CE with proxies."""
+    total = _source_loss(source, loss, "real") + _class_loss(class_out, y, proxies)
     stats = {
-        "loss_D_real": (loss_s + loss_c).detach(),
+        "loss_D_real": total.detach(),
         "D_x": torch.sigmoid(source.detach().float()).mean(),
-        "acc_real": _accuracy(class_logits.detach(), y),
+        "acc_real": _accuracy(class_out, y, proxies),
     }
-    return loss_s + loss_c, stats
+    return total, stats
 
 
-def d_loss_fake(source: torch.Tensor, class_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
-    """D's loss on generated images: BCE(source | fake) + CE(class | the class they were generated for)."""
-    loss_s = _bce(source, 0.0)
-    loss_c = F.cross_entropy(class_logits.float(), y)
+def d_loss_fake(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
+                proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+    """D's loss on fakes: source(fake) + CE(class | generated-for class); with d2dce (ReACGAN) no class term."""
+    total = _source_loss(source, loss, "fake")
+    if proxies is None:  # the ACGAN paper's objective; ReACGAN trains D's classifier on real data only
+        total = total + F.cross_entropy(class_out.float(), y)
     stats = {
-        "loss_D_fake": (loss_s + loss_c).detach(),
+        "loss_D_fake": total.detach(),
         "D_G_z1": torch.sigmoid(source.detach().float()).mean(),
-        "acc_fake": _accuracy(class_logits.detach(), y),
+        "acc_fake": _accuracy(class_out, y, proxies),
     }
-    return loss_s + loss_c, stats
+    return total, stats
 
 
-def g_loss(source: torch.Tensor, class_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
-    """G's loss: BCE(source of fake | real) + CE(class of fake | requested class)."""
-    loss = _bce(source, 1.0) + F.cross_entropy(class_logits.float(), y)
-    stats = {"loss_G": loss.detach(), "D_G_z2": torch.sigmoid(source.detach().float()).mean()}
-    return loss, stats
+def g_loss(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
+           proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+    """G's loss: non-saturating source(fake | real) + class(fake | requested class), CE or D2D-CE."""
+    total = _source_loss(source, loss, "gen") + _class_loss(class_out, y, proxies)
+    stats = {"loss_G": total.detach(), "D_G_z2": torch.sigmoid(source.detach().float()).mean()}
+    return total, stats
