@@ -25,12 +25,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from acgan.config import DEFAULTS
+from acgan.config import ARCHS, DEFAULTS
 from acgan.data import EpochSampler, ImageDataset, load_dataset
 from acgan.distributed import DistInfo
 from acgan.models import Discriminator, Generator
 from acgan.precision import autocast, resolve_precision
-from acgan.train import build_trainer, train_step
+from acgan.trainer import StepOptions, build_trainer, train_step
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -95,12 +95,13 @@ def reference_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch
 
 
 def acgan_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch.device, batch: int,
-               precision: str) -> float:
-    """Images/s of acgan's own training step with its defaults."""
-    config = DEFAULTS.replace(batch_size=batch, precision=precision)
+               precision: str, arch: str = "paper", compile_mode: str = "off") -> float:
+    """Images/s of acgan's own training step with the arch's default recipe."""
+    config = DEFAULTS.replace(batch_size=batch, precision=precision, arch=arch, compile=compile_mode).resolved()
     tr = build_trainer(config, dataset.num_classes, device, DistInfo())
     sampler = EpochSampler(dataset, batch, device=device, seed=0)
     amp = autocast(device, resolve_precision(precision, device))
+    opts = StepOptions.from_config(config, dataset.num_classes)
     acc = torch.zeros((), device=device)
     done, t0, epoch = 0, 0.0, 0
     while done < warmup + steps:
@@ -110,7 +111,7 @@ def acgan_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch.dev
                 t0 = time.perf_counter()
             if done == warmup + steps:
                 break
-            acc += train_step(tr, x_real, y_real, config.nz, dataset.num_classes, amp)["loss_G"]
+            acc += train_step(tr, x_real, y_real, opts, amp)["loss_G"]
             done += 1
         epoch += 1
     acc.item()  # the one host sync
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=100)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--arch", default="paper", choices=ARCHS, help="acgan's nets (the reference is always paper)")
+    ap.add_argument("--compile", default="off", choices=("off", "on"))
     ap.add_argument("--skip_reference", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -150,10 +153,11 @@ def main() -> None:
         dataset = load_dataset("cifar10", a.data)
     precision = resolve_precision(a.precision, device)
     # acgan first: the reference's DataLoader worker processes would otherwise linger beside it
-    ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision)
+    ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision, a.arch, a.compile)
     ref = None if a.skip_reference else reference_loop(dataset, a.steps, a.warmup, device, a.batch_size)
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else "cpu", "threads": torch.get_num_threads(), "precision": precision, "batch_size": a.batch_size,
+              else "cpu", "threads": torch.get_num_threads(), "precision": precision, "arch": a.arch,
+              "compile": a.compile, "batch_size": a.batch_size,
               "steps": a.steps, "data": "synthetic" if a.data == "synthetic" else "cifar10",
               "reference_images_per_s": None if ref is None else round(ref, 1),
               "acgan_images_per_s": round(ours, 1), "ratio": None if ref is None else round(ours / ref, 2),
@@ -166,7 +170,8 @@ def main() -> None:
           f"batch {a.batch_size}, {a.steps} steps after {a.warmup} warm-up")
     if ref is not None:
         print(f"reference (seed-style, fp32):  {ref:8.1f} images/s")
-    print(f"acgan ({precision}):{' ' * (18 - len(precision))}{ours:8.1f} images/s")
+    label = f"acgan ({a.arch}, {precision}{', compiled' if a.compile == 'on' else ''}):"
+    print(f"{label:<30}{ours:8.1f} images/s")
     if ref is not None:
         print(f"ratio: {ours / ref:.2f}x")
     print(f"peak RSS {result['peak_rss_mb']} MB" + (f", peak CUDA {result['peak_cuda_mb']} MB"

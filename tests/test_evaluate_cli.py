@@ -77,3 +77,18 @@ def test_eval_every_logs_metrics_and_keeps_best_by_fid(run_and_detector, monkeyp
 
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["best_fid"] == min(fids) and best["step"] in (2, 4)
+
+
+def test_evaluate_checkpoint_scores_cacc_with_a_given_classifier(run_and_detector, tmp_path):
+    from acgan.classifier import ClassifierNet, save_classifier
+    from acgan.data import SHAPE_NAMES
+
+    run_dir, _ = run_and_detector
+    clf = save_classifier(ClassifierNet(len(SHAPE_NAMES), width=2), tmp_path / "clf.pt", class_names=SHAPE_NAMES,
+                          dataset_key="given", image_size=32, test_accuracy=0.5)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", "cacc",
+                 "--classifier", str(clf), "--num_samples", "100", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert 0 <= results["cacc"] <= 1 and results["cacc_real_test"] == 0.5 and results["num_fake"] == 100
+    assert sum(1 for k in results if k.startswith("cacc_class_")) == len(SHAPE_NAMES)

@@ -5,15 +5,15 @@ import torch
 from acgan.config import TrainConfig
 from acgan.distributed import DistInfo
 from acgan.precision import autocast, resolve_precision, should_compile
-from acgan.train import build_trainer, train_step
+from acgan.trainer import StepOptions, build_trainer, train_step
 
 
 def _one_step(precision):
     torch.manual_seed(0)
-    tr = build_trainer(TrainConfig(), 10, torch.device("cpu"), DistInfo())
+    tr = build_trainer(TrainConfig(arch="paper"), 10, torch.device("cpu"), DistInfo())
     x = torch.rand(8, 3, 32, 32) * 2 - 1
     y = torch.arange(8) % 10
-    stats = train_step(tr, x, y, 100, 10, autocast(torch.device("cpu"), precision))
+    stats = train_step(tr, x, y, StepOptions(100, 10), autocast(torch.device("cpu"), precision))
     return tr, stats
 
 

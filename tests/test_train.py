@@ -73,10 +73,44 @@ def test_resume_of_a_missing_path_is_a_user_error(tmp_path):
 
 def test_real_grid_keeps_one_row_per_class_when_a_class_is_short():
     from acgan.data import ImageDataset
-    from acgan.train import _real_grid
+    from acgan.runlog import real_grid as _real_grid
 
     images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 32, 32).contiguous()
     data = ImageDataset(images, torch.tensor([0, 0, 0, 1, 1]), ("a", "b"))
     grid = _real_grid(data, per_class=3)
     assert grid.shape == (6, 3, 32, 32)
     assert grid[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 255]  # class b's row is padded, not shifted
+
+
+RECIPE = dict(arch="sndcgan", cls_loss="d2dce", diffaug="color,translation,cutout", n_dis=2, ema_warmup=2)
+
+
+def test_every_recipe_option_resumes_bit_for_bit(tmp_path):
+    # sndcgan + hinge + D2D-CE + DiffAugment + n_dis 2 + EMA: all state (EMA, SN vectors, proxies) is saved
+    straight = train(TrainConfig(**SMALL, **RECIPE, outdir=str(tmp_path / "a"), max_steps=8))
+    train(TrainConfig(**SMALL, **RECIPE, outdir=str(tmp_path / "b"), max_steps=4))
+    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=8, resume="auto"),
+                    explicit=frozenset({"max_steps", "resume"}))
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert _states_equal(a["G"], b["G"]) and _states_equal(a["D"], b["D"])
+    assert _states_equal(a["G_ema"], b["G_ema"]) and not _states_equal(a["G_ema"], a["G"])
+    config = json.loads((resumed / "config.json").read_text())
+    assert (config["arch"], config["loss"], config["g_cond"], config["ema_decay"]) == ("sndcgan", "hinge", "cbn", 0.999)
+    rows = [json.loads(line) for line in (resumed / "stats.jsonl").read_text().splitlines()]
+    assert all(0 <= r["acc_real"] <= 1 and r["loss_G"] == r["loss_G"] for r in rows)  # G stats on n_dis steps
+
+
+def test_n_dis_updates_G_once_per_n_dis_steps(tmp_path):
+    run_dir = train(TrainConfig(**{**SMALL, "log_every": 4}, n_dis=4, outdir=str(tmp_path), max_steps=4))
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["opt_D"]["state"][0]["step"].item() == 4 and state["opt_G"]["state"][0]["step"].item() == 1
+
+
+def test_recipe_flags_are_validated():
+    with pytest.raises(UserError, match="--log_every"):
+        TrainConfig(log_every=5, n_dis=2)
+    with pytest.raises(UserError, match="--diffaug"):
+        TrainConfig(diffaug="color,rotate")
+    with pytest.raises(UserError, match="--g_cond cbn"):
+        TrainConfig(arch="paper", g_cond="cbn").resolved()

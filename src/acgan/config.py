@@ -14,6 +14,21 @@ DATASETS = ("cifar10", "cifar100", "folder", "shapes")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 ON_NAN = ("stop", "rollback")
+ARCHS = ("paper", "sndcgan", "resnet", "imagenet")
+SOURCE_LOSSES = ("bce", "hinge")
+CLASS_LOSSES = ("ce", "d2dce")
+G_CONDITIONING = ("concat", "cbn")
+DIFFAUG_POLICIES = ("color", "translation", "cutout")
+D2D_EMBED_DIM = 512  # ReACGAN's embedding size for the data-to-data class loss
+
+# What a run gets when --loss, --g_cond or --ema_decay are not given: the paper's nets keep the paper's
+# recipe (fidelity); the spectral-norm nets get the recipe they were designed and measured with.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": {"loss": "bce", "g_cond": "concat", "ema_decay": 0.0},
+    "imagenet": {"loss": "bce", "g_cond": "concat", "ema_decay": 0.0},
+    "sndcgan": {"loss": "hinge", "g_cond": "cbn", "ema_decay": 0.999},
+    "resnet": {"loss": "hinge", "g_cond": "cbn", "ema_decay": 0.9999},
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,17 @@ class TrainConfig:
     lr: float = 0.0002
     beta1: float = 0.5
     beta2: float = 0.999
+    # architecture and recipe; None = the arch's own choice (ARCH_DEFAULTS), resolved before a run starts
+    arch: str = "paper"
+    g_cond: str | None = None
+    loss: str | None = None
+    cls_loss: str = "ce"
+    lr_d: float | None = None
+    lr_g: float | None = None
+    n_dis: int = 1
+    ema_decay: float | None = None
+    ema_warmup: int = 1000
+    diffaug: str = "none"
     # run control
     outdir: str = "runs"
     seed: int = 0
@@ -53,15 +79,16 @@ class TrainConfig:
     eval_metrics: str = "fid"
     eval_samples: int = 10_000
     detector: str | None = None
+    classifier: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse values no run could use, with one line naming the flag."""
         positive = ("batch_size", "nz", "num_epochs", "image_size", "log_every", "sample_every",
-                    "ckpt_every", "keep_ckpts")
+                    "ckpt_every", "keep_ckpts", "n_dis")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_workers", "max_rollbacks"):
+        for name in ("num_workers", "max_rollbacks", "ema_warmup"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_steps", "eval_every"):
@@ -69,13 +96,24 @@ class TrainConfig:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.eval_samples < 2:
             raise UserError(f"--eval_samples must be at least 2, got {self.eval_samples}")
-        if not (self.lr > 0):
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        for name in ("lr", "lr_d", "lr_g"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserError(f"--{name} must be positive, got {value}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"--ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
+        if self.log_every % self.n_dis:
+            raise UserError(f"--log_every ({self.log_every}) must be a multiple of --n_dis ({self.n_dis}): "
+                            "every logged row needs a G update")
+        parse_diffaug(self.diffaug)
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        choices = {"dataset": DATASETS, "precision": PRECISIONS, "compile": COMPILE_MODES, "on_nan": ON_NAN}
+        choices = {"dataset": DATASETS, "precision": PRECISIONS, "compile": COMPILE_MODES, "on_nan": ON_NAN,
+                   "arch": ARCHS, "loss": SOURCE_LOSSES, "cls_loss": CLASS_LOSSES, "g_cond": G_CONDITIONING}
         for name, allowed in choices.items():
+            if getattr(self, name) is None and name in ("loss", "g_cond"):
+                continue
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
@@ -87,8 +125,39 @@ class TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def resolved(self) -> TrainConfig:
+        """This config with the arch-dependent choices filled in (what a run really uses)."""
+        fills = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
+        config = self.replace(**fills, lr_d=self.lr_d or self.lr, lr_g=self.lr_g or self.lr)
+        if config.g_cond == "cbn" and config.arch in ("paper", "imagenet"):
+            raise UserError(f"--g_cond cbn needs --arch sndcgan or resnet (the {config.arch} G takes a one-hot input)")
+        return config
+
+
+def parse_diffaug(policy: str) -> tuple[str, ...]:
+    """--diffaug 'color,translation,cutout' -> its parts; 'none' or '' -> no augmentation."""
+    parts = tuple(p.strip() for p in policy.split(",") if p.strip() and p.strip() != "none")
+    unknown = [p for p in parts if p not in DIFFAUG_POLICIES]
+    if unknown:
+        raise UserError(f"--diffaug: unknown part {unknown[0]!r}; use none or a comma-separated subset of "
+                        f"{','.join(DIFFAUG_POLICIES)}")
+    return parts
+
 
 DEFAULTS = TrainConfig()
+
+
+@dataclass(frozen=True)
+class ClassifierDefaults:
+    """Defaults of `acgan classifier train`: 10 epochs gave 91.2% on CIFAR-10 (13 s on an H100)."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.4  # peak of the one-cycle schedule (SGD with Nesterov momentum); 0.2 gave 90.7% at 10 epochs
+    width: int = 32  # channels of the first stage; 32 -> about 1.6M parameters
+
+
+CLASSIFIER_DEFAULTS = ClassifierDefaults()
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 # Settings that may differ when a run is resumed: they change how long or how it is watched,
@@ -96,12 +165,14 @@ FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 RESUME_OVERRIDABLE = ("num_epochs", "max_steps", "log_every", "sample_every", "ckpt_every", "keep_ckpts",
                       "device", "num_workers", "root_dir", "download", "outdir", "resume", "compile",
                       "on_nan", "max_rollbacks", "eval_every",
-                      "eval_metrics", "eval_samples", "detector")
+                      "eval_metrics", "eval_samples", "detector", "classifier")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a config from a (possibly older or partial) dict, ignoring unknown keys."""
-    return TrainConfig(**{k: v for k, v in values.items() if k in FIELD_NAMES})
+    values = {k: v for k, v in values.items() if k in FIELD_NAMES}
+    values.setdefault("arch", "paper")  # written before --arch existed: the paper's nets were the only ones
+    return TrainConfig(**values)
 
 
 def write_config_json(config: TrainConfig, path: Path, extra: dict[str, Any] | None = None) -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from acgan.checkpoint import load_checkpoint, new_run_dir
 from acgan.config import TrainConfig, config_from_dict
 from acgan.errors import UserError
-from acgan.models import Generator
+from acgan.models import build_nets
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -43,12 +44,14 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
     return path
 
 
-def load_generator(checkpoint: Path, device: torch.device) -> tuple[Generator, tuple[str, ...], TrainConfig, int]:
+def load_generator(checkpoint: Path, device: torch.device) -> tuple[nn.Module, tuple[str, ...], TrainConfig, int]:
     """G in eval mode, the class names, the training config and the step, from a checkpoint."""
     state = load_checkpoint(checkpoint, map_location=device)
     config = config_from_dict(state["config"])
     class_names = tuple(state["class_names"])
-    G = Generator(config.nz, len(class_names), config.image_size).to(device)
+    config = config.resolved()  # older checkpoints name no arch: config_from_dict makes them the paper's
+    G, _ = build_nets(config.arch, config.nz, len(class_names), config.image_size, cond_bn=config.g_cond == "cbn")
+    G = G.to(device)
     G.load_state_dict(state["G_ema"] if state.get("G_ema") is not None else state["G"])
     return G.eval(), class_names, config, int(state["step"])
 
@@ -65,7 +68,7 @@ def resolve_class(spec: str, class_names: tuple[str, ...]) -> int:
 
 
 @torch.no_grad()
-def generate(G: Generator, z: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def generate(G: nn.Module, z: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """uint8 images (N, 3, S, S) of classes y from noise z, in batches."""
     device = next(G.parameters()).device
     out = [to_uint8(G(z[i:i + batch_size].to(device), y[i:i + batch_size].to(device)))

@@ -1,5 +1,6 @@
-"""Sample-quality metrics for generative models: FID, IS, KID, precision/recall, intra-class FID, MS-SSIM."""
+"""Sample-quality metrics for generative models: FID, IS, KID, precision/recall, intra-class FID, MS-SSIM, cacc."""
 
+from acgan.metrics.cacc import ImageClassifier, classifier_accuracy
 from acgan.metrics.cache import cache_key, cached, default_cache_dir
 from acgan.metrics.detector import (
     DETECTOR_SHA256,
@@ -30,10 +31,12 @@ __all__ = [
     "DETECTOR_URL",
     "METRICS",
     "Detector",
+    "ImageClassifier",
     "MetricSettings",
     "cache_key",
     "cached",
     "class_diversity",
+    "classifier_accuracy",
     "compute_metrics",
     "count_tag",
     "default_cache_dir",

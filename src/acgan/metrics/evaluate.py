@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from acgan.errors import UserError
+from acgan.metrics.cacc import ImageClassifier, classifier_accuracy
 from acgan.metrics.cache import cached
 from acgan.metrics.detector import Detector
 from acgan.metrics.fid import feature_statistics, frechet_distance, intra_class_fid
@@ -33,6 +34,8 @@ METRICS: dict[str, str] = {
     "pr": "improved precision (fidelity) and recall (coverage) with k=3 neighbourhoods",
     "ifid": "intra-class FID: FID per class between real and generated images, and its mean",
     "msssim": "mean MS-SSIM of random same-class pairs, generated and real (lower is more diverse)",
+    "cacc": "accuracy of a classifier trained on the real data on generated images for their requested class, "
+            "overall and per class, beside its accuracy on the real test split (higher is better)",
 }
 _DETECTOR_METRICS = {"fid", "is", "kid", "pr", "ifid"}
 _FEATURE_METRICS = {"fid", "kid", "pr", "ifid"}
@@ -52,11 +55,12 @@ def parse_metrics(metrics: Sequence[str] | str) -> list[str]:
 
 @dataclass
 class FakeSet:
-    """What one pass over the generated images keeps: features, probabilities, labels, per-class pools."""
+    """What one pass over the generated images keeps: features, probabilities, labels, predictions, class pools."""
 
     features: list[Tensor] = field(default_factory=list)
     probs: list[Tensor] = field(default_factory=list)
     labels: list[Tensor] = field(default_factory=list)
+    predicted: list[Tensor] = field(default_factory=list)  # the classifier's class for each image (cacc)
     pools: dict[int, list[Tensor]] = field(default_factory=dict)
 
     def pool_size(self, c: int) -> int:
@@ -75,9 +79,9 @@ def _fake_batches(fake_images: FakeSource, batch_size: int) -> Iterator[tuple[Te
 
 def collect_fakes(
     fake_images: FakeSource, detector: Detector | None, want_features: bool, want_probs: bool,
-    pool_per_class: int, batch_size: int,
+    pool_per_class: int, batch_size: int, classifier: ImageClassifier | None = None,
 ) -> FakeSet:
-    """One streaming pass: detector outputs for every batch, and the first images of each class for MS-SSIM."""
+    """One streaming pass: detector and classifier outputs for every batch, the first images of each class."""
     out = FakeSet()
     for images, labels in _fake_batches(fake_images, batch_size):
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -92,6 +96,8 @@ def collect_fakes(
             out.features.append(detector.features(images))
         elif detector is not None and want_probs:
             out.probs.append(detector.probabilities(images))
+        if classifier is not None:
+            out.predicted.append(classifier(images).argmax(1).cpu())  # (B,)
         out.labels.append(labels)
         # Generated batches are i.i.d., so the first images of a class are as random a sample as any.
         for c in labels.unique().tolist() if pool_per_class else []:
@@ -161,17 +167,19 @@ class MetricSettings:
 def compute_metrics(
     metrics: Sequence[str], *, fake_images: FakeSource, real_images: Tensor, real_labels: Tensor,
     num_classes: int, detector: Detector | None, real_key: str, cache_dir: Path | None,
-    batch_size: int = 250, settings: MetricSettings | None = None,
+    batch_size: int = 250, settings: MetricSettings | None = None, classifier: ImageClassifier | None = None,
 ) -> dict[str, float]:
-    """Flat dict of the requested metrics (fid, is_mean, kid_mean, ...) plus `num_fake` and `num_real`."""
+    """Flat dict of the requested metrics (fid, is_mean, kid_mean, cacc, ...) plus `num_fake` and `num_real`."""
     names, cfg = parse_metrics(metrics), settings or MetricSettings()
     if real_images.dtype != torch.uint8 or real_images.ndim != 4 or len(real_labels) != real_images.shape[0]:
         raise ValueError(f"real images must be uint8 (N, C, H, W) with N labels, got {tuple(real_images.shape)}")
     if detector is None and _DETECTOR_METRICS.intersection(names):
         raise UserError(f"metrics {','.join(m for m in names if m in _DETECTOR_METRICS)} need a feature detector")
+    if classifier is None and "cacc" in names:
+        raise UserError("metric cacc needs a classifier (train one with `acgan classifier train`)")
     fakes = collect_fakes(fake_images, detector, want_features=bool(_FEATURE_METRICS.intersection(names)),
                           want_probs="is" in names, pool_per_class=cfg.msssim_pool if "msssim" in names else 0,
-                          batch_size=batch_size)
+                          batch_size=batch_size, classifier=classifier if "cacc" in names else None)
     fake_labels = torch.cat(fakes.labels).numpy() if fakes.labels else np.zeros(0, np.int64)
     if len(fake_labels) < 2:
         raise UserError(f"metrics need at least 2 generated images, got {len(fake_labels)}")
@@ -187,6 +195,10 @@ def compute_metrics(
                                         fid_stats, num_classes, cfg))
     if "is" in names:
         results["is_mean"], results["is_std"] = inception_score(torch.cat(fakes.probs).numpy(), cfg.is_splits)
+    if "cacc" in names and classifier is not None:
+        cacc = classifier_accuracy(torch.cat(fakes.predicted), torch.from_numpy(fake_labels), num_classes)
+        # The real test accuracy sits beside the overall number: the ceiling a perfect generator would reach.
+        results.update({"cacc": cacc.pop("cacc"), "cacc_real_test": float(classifier.test_accuracy), **cacc})
     if "msssim" in names:
         results.update(_msssim_results(fakes, real_images, real_labels, num_classes, cfg.msssim_pairs, cfg.seed))
     results["num_fake"] = float(len(fake_labels))

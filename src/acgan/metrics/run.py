@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from acgan.classifier import Classifier, default_classifier_path, load_classifier
 from acgan.data import ImageDataset, load_dataset
 from acgan.errors import UserError
+from acgan.metrics.cacc import ImageClassifier
 from acgan.metrics.cache import default_cache_dir
 from acgan.metrics.detector import Detector, load_detector, resolve_detector_path
 from acgan.metrics.evaluate import compute_metrics, parse_metrics
@@ -52,8 +54,44 @@ def open_detector(metrics: Sequence[str], detector: str | Path | None, device: t
     return load_detector(resolve_detector_path(detector), device=device)
 
 
+def open_classifier(metrics: Sequence[str], path: str | Path | None, reference: ImageDataset, device: torch.device,
+                    *, dataset_name: str | None = None, root_dir: str | Path | None = None, split: str = "train",
+                    num_workers: int = 0) -> Classifier | None:
+    """The classifier for `cacc` (None when not asked for), checked against the reference's classes and size."""
+    if "cacc" not in parse_metrics(metrics):
+        return None
+    if path is None:
+        # `acgan classifier train` files a classifier under its train split's content hash. A test-split
+        # reference hashes differently, so then the train split is loaded (from dataset_name, root_dir) to find it.
+        if split != "train" and dataset_name is None:
+            raise ValueError("open_classifier needs dataset_name to find the classifier of a test-split reference")
+        train = reference if split == "train" else load_reference(dataset_name, root_dir, "train",
+                                                                    reference.image_size, num_workers)
+        path = default_classifier_path(train.content_hash())
+        if not path.is_file():
+            flags = f"--dataset {dataset_name or '...'}" + (f" --root_dir {root_dir}" if root_dir is not None else "")
+            flags += f" --image_size {reference.image_size}" if reference.image_size != 32 else ""
+            raise UserError(f"no classifier for this dataset at {path}: train one with `acgan classifier train "
+                            f"{flags}` or pass --classifier")
+    classifier = load_classifier(path, device)
+    if classifier.class_names != reference.class_names:
+        raise UserError(f"the classifier {path} knows the classes {_names(classifier.class_names)} but the data "
+                        f"has {_names(reference.class_names)}")
+    if classifier.image_size != reference.image_size:
+        raise UserError(f"the classifier {path} was trained on {classifier.image_size}px images but the data is "
+                        f"{reference.image_size}px: train one with --image_size {reference.image_size}")
+    return classifier
+
+
+def _names(class_names: Sequence[str]) -> str:
+    """A short rendering of a class list for one-line errors."""
+    shown = ",".join(class_names[:5])
+    return f"{len(class_names)} ({shown}{',...' if len(class_names) > 5 else ''})"
+
+
 def evaluate_generator(G: Generator, reference: ImageDataset, metrics: Sequence[str], *, num_samples: int,
-                       detector: Detector | None, seed: int = 0, batch_size: int = 250) -> dict[str, float]:
+                       detector: Detector | None, seed: int = 0, batch_size: int = 250,
+                       classifier: ImageClassifier | None = None) -> dict[str, float]:
     """Metrics of num_samples images from G against a reference dataset with the same classes."""
     if G.num_classes != reference.num_classes:
         raise UserError(f"the generator has {G.num_classes} classes but the reference data has "
@@ -61,16 +99,23 @@ def evaluate_generator(G: Generator, reference: ImageDataset, metrics: Sequence[
     return compute_metrics(metrics, fake_images=generator_source(G, num_samples, seed),
                            real_images=reference.images, real_labels=reference.labels,
                            num_classes=reference.num_classes, detector=detector,
-                           real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size)
+                           real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size,
+                           classifier=classifier)
 
 
 def evaluate_datasets(candidate: ImageDataset, reference: ImageDataset, metrics: Sequence[str], *,
-                      detector: Detector | None, batch_size: int = 250) -> dict[str, float]:
+                      detector: Detector | None, batch_size: int = 250,
+                      classifier: ImageClassifier | None = None) -> dict[str, float]:
     """Metrics of one image set against another (e.g. CIFAR-10 test against train: a sanity check)."""
+    if classifier is not None and candidate.class_names != reference.class_names:
+        # cacc reads the candidate's labels as requested classes of the reference's (and classifier's) list.
+        raise UserError(f"cacc needs the scored images to have the reference's classes "
+                        f"{_names(reference.class_names)}, they have {_names(candidate.class_names)}")
     return compute_metrics(metrics, fake_images=(candidate.images, candidate.labels),
                            real_images=reference.images, real_labels=reference.labels,
                            num_classes=max(candidate.num_classes, reference.num_classes), detector=detector,
-                           real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size)
+                           real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size,
+                           classifier=classifier)
 
 
 def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_size: int,

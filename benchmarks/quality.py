@@ -1,0 +1,86 @@
+"""Sample quality per wall-clock time: train for a fixed time, then score the run; prints one results-table row.
+
+    python benchmarks/quality.py --root_dir ../shared/cifar10 --minutes 20 [--arch sndcgan] [-- extra train flags]
+
+1. Makes sure a cacc classifier exists for the dataset (`acgan classifier train`, cached in $ACGAN_CACHE).
+2. Runs `acgan train` and stops it with SIGTERM after --minutes (a graceful stop: the last checkpoint is
+   written at the step it reached), so every recipe gets the same wall-clock budget on the same machine.
+3. Runs `acgan evaluate` on that checkpoint: cacc always; FID and IS as well when --detector is given or the
+   Inception weights are cached. Prints the row for the README's results table and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _acgan(*args: str) -> list[str]:
+    return [sys.executable, "-m", "acgan", *args]
+
+
+def train_for(minutes: float, train_args: list[str]) -> float:
+    """Run `acgan train` until it finishes or the time is up (then SIGTERM: it checkpoints and exits 0)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(_acgan("train", *train_args))
+    try:
+        proc.wait(timeout=minutes * 60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    if proc.returncode != 0:
+        sys.exit(f"acgan train failed with exit code {proc.returncode}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Train, evaluate, print the row."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--root_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "cifar10"))
+    ap.add_argument("--arch", default="sndcgan")
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--outdir", default="runs/quality")
+    ap.add_argument("--num_samples", type=int, default=10_000)
+    ap.add_argument("--detector", help="inception-2015-12-05.pt: adds FID and IS")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
+    a = ap.parse_args()
+    data = ["--dataset", a.dataset, "--root_dir", a.root_dir]
+    classifier = Path(a.outdir) / f"classifier-{a.dataset}.pt"
+    if not classifier.exists():
+        subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
+                       check=True)
+    before = set(Path(a.outdir).glob("0*"))
+    seconds = train_for(a.minutes, [*data, "--arch", a.arch, "--outdir", a.outdir, "--device", a.device,
+                                    "--num_epochs", "100000", *a.train_args])
+    (run_dir,) = set(Path(a.outdir).glob("0*")) - before
+    metrics = "cacc,fid,is" if a.detector else "cacc"
+    out = run_dir / "metrics" / "quality.json"
+    cmd = _acgan("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", metrics,
+                 "--num_samples", str(a.num_samples), "--classifier", str(classifier), "--device", a.device,
+                 "--out", str(out))
+    subprocess.run([*cmd, *(["--detector", a.detector] if a.detector else [])], check=True)
+    results = json.loads(out.read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    step = max(json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines())
+    recipe = (f"{config['loss']}+{config['cls_loss']}, ema {config['ema_decay']}, diffaug {config['diffaug']}, "
+              f"n_dis {config['n_dis']}, batch {config['batch_size']}, lr {config['lr_d']}/{config['lr_g']}")
+    hardware = config["resolved_device"] if config["resolved_device"] != "cpu" else f"CPU ({platform.processor()})"
+    row = {"arch": config["arch"], "recipe": recipe, "steps": step, "hardware": hardware,
+           "minutes": round(seconds / 60, 1), "fid": results.get("fid"), "is": results.get("is_mean"),
+           "cacc": results.get("cacc"), "cacc_real_test": results.get("cacc_real_test")}
+    (run_dir / "metrics" / "quality-row.json").write_text(json.dumps(row, indent=2) + "\n")
+    cells = [row["arch"], recipe, str(step), hardware, f"{row['minutes']} min",
+             *(f"{v:.3f}" if isinstance(v, float) else "not measured" for v in (row["fid"], row["is"], row["cacc"]))]
+    print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""What is trained and how one step goes: the nets, their optimizers, G's EMA, and the D and G updates."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from acgan import distributed as dist_utils
+from acgan.augment import diff_augment
+from acgan.config import D2D_EMBED_DIM, TrainConfig, parse_diffaug
+from acgan.ema import ema_decay, make_ema, update_ema
+from acgan.errors import UserError
+from acgan.losses import d_loss_fake, d_loss_real, g_loss
+from acgan.models import build_nets
+from acgan.precision import maybe_compile
+
+D_STAT_KEYS = ("loss_D_real", "loss_D_fake", "D_x", "D_G_z1", "acc_real", "acc_fake")
+G_STAT_KEYS = ("loss_G", "D_G_z2")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The per-step recipe, read once from the resolved config."""
+
+    nz: int
+    num_classes: int
+    loss: str = "bce"
+    augment: str = ""  # DiffAugment policy applied to every image D sees; "" = none
+    ema_decay: float = 0.0
+    ema_warmup: int = 0
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_classes: int) -> StepOptions:
+        """Options of a resolved config (see TrainConfig.resolved)."""
+        return cls(config.nz, num_classes, config.loss, ",".join(parse_diffaug(config.diffaug)),
+                   config.ema_decay, config.ema_warmup)
+
+
+@dataclass
+class Trainer:
+    """The nets, their optimizers and where the run stands; `G_raw`/`D_raw` are the unwrapped modules."""
+
+    G: nn.Module
+    D: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    G_raw: nn.Module
+    D_raw: nn.Module
+    G_ema: nn.Module | None = None  # the moving average of G's weights that samples and metrics use
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def G_eval(self) -> nn.Module:
+        """The generator to draw samples and measure: the EMA one when there is one."""
+        return self.G_ema if self.G_ema is not None else self.G_raw
+
+
+def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
+                  info: dist_utils.DistInfo) -> Trainer:
+    """The nets of --arch and their Adam optimizers, wrapped in DDP under torchrun (config must be resolved)."""
+    config = config.resolved()
+    embed_dim = D2D_EMBED_DIM if config.cls_loss == "d2dce" else None
+    G_raw, D_raw = build_nets(config.arch, config.nz, num_classes, config.image_size, embed_dim=embed_dim,
+                              cond_bn=config.g_cond == "cbn")
+    G_raw, D_raw = G_raw.to(device), D_raw.to(device)
+    if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
+        G_raw, D_raw = nn.SyncBatchNorm.convert_sync_batchnorm(G_raw), nn.SyncBatchNorm.convert_sync_batchnorm(D_raw)
+    fused = device.type == "cuda"  # one kernel for the whole Adam update
+    betas = (config.beta1, config.beta2)
+    opt_G = torch.optim.Adam(G_raw.parameters(), lr=config.lr_g, betas=betas, fused=fused)
+    opt_D = torch.optim.Adam(D_raw.parameters(), lr=config.lr_d, betas=betas, fused=fused)
+    G_ema = make_ema(G_raw) if config.ema_decay > 0 else None
+    G, D = maybe_compile(G_raw, config.compile, device), maybe_compile(D_raw, config.compile, device)
+    if info.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
+    return Trainer(G, D, opt_G, opt_D, G_raw, D_raw, G_ema)
+
+
+def _seen_by_D(x: torch.Tensor, opts: StepOptions) -> torch.Tensor:
+    """What D looks at: the images themselves, or their DiffAugment (the same policy for real and fake)."""
+    return diff_augment(x, opts.augment) if opts.augment else x
+
+
+def train_step(tr: Trainer, x_real: torch.Tensor, y_real: torch.Tensor, opts: StepOptions,
+               amp: contextlib.AbstractContextManager, update_G: bool = True) -> dict[str, torch.Tensor]:
+    """One D update, then (if update_G) one G update; returns detached statistics (no host sync)."""
+    B, device = x_real.shape[0], x_real.device
+    proxies = getattr(tr.D_raw, "proxies", None)  # class proxies of the d2dce head, else None
+    z = torch.randn(B, opts.nz, device=device)  # (B, nz)
+    y_fake = torch.randint(0, opts.num_classes, (B,), device=device)  # uniform over all classes
+    # (1) Update D: maximize L_S + L_C on real and on fake images
+    tr.opt_D.zero_grad(set_to_none=True)
+    with amp:
+        source, class_out = tr.D(_seen_by_D(x_real, opts))
+    loss_real, stats = d_loss_real(source, class_out, y_real, loss=opts.loss, proxies=proxies)
+    loss_real.backward()
+    with amp:
+        x_fake = tr.G(z, y_fake)  # (B, 3, S, S)
+        source, class_out = tr.D(_seen_by_D(x_fake.detach(), opts))
+    loss_fake, stats_fake = d_loss_fake(source, class_out, y_fake, loss=opts.loss, proxies=proxies)
+    loss_fake.backward()
+    tr.opt_D.step()
+    stats.update(stats_fake)
+    if update_G:
+        stats.update(_g_update(tr, x_fake, y_fake, opts, amp, proxies))
+    return stats
+
+
+def _g_update(tr: Trainer, x_fake: torch.Tensor, y_fake: torch.Tensor, opts: StepOptions,
+              amp: contextlib.AbstractContextManager, proxies: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """(2) Update G: maximize L_C - L_S, i.e. fool the source head while keeping the class readable."""
+    tr.opt_G.zero_grad(set_to_none=True)
+    tr.D_raw.requires_grad_(False)  # D's weight gradients are not needed here: skip computing them
+    # DDP(D) must not reduce here: D takes no step, and its frozen weights never mark their gradients ready
+    no_sync = tr.D.no_sync if hasattr(tr.D, "no_sync") else contextlib.nullcontext
+    with no_sync():  # one context for forward and backward: a generator context manager cannot be re-entered
+        with amp:
+            source, class_out = tr.D(_seen_by_D(x_fake, opts))
+        loss, stats = g_loss(source, class_out, y_fake, loss=opts.loss, proxies=proxies)
+        loss.backward()
+    tr.D_raw.requires_grad_(True)
+    tr.opt_G.step()
+    if tr.G_ema is not None:
+        update_ema(tr.G_ema, tr.G_raw, ema_decay(tr.step, opts.ema_decay, opts.ema_warmup))
+    return stats
+
+
+def trainer_state(tr: Trainer, config: TrainConfig, class_names: tuple[str, ...], world_size: int) -> dict:
+    """Everything needed to resume exactly, as tensors and plain Python values (weights_only-safe)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    ema = {"G_ema": tr.G_ema.state_dict()} if tr.G_ema is not None else {}
+    return {"G": tr.G_raw.state_dict(), "D": tr.D_raw.state_dict(), "opt_G": tr.opt_G.state_dict(),
+            "opt_D": tr.opt_D.state_dict(), **ema, "step": tr.step, "epoch": tr.epoch, "batch": tr.batch,
+            "rng": rng, "config": config.to_dict(), "class_names": list(class_names),
+            "world_size": world_size, **tr.extra}
+
+
+def restore_trainer(tr: Trainer, state: dict, info: dist_utils.DistInfo, seed: int) -> None:
+    """Load nets, optimizers, position and RNG; a different world size reseeds each rank instead."""
+    tr.G_raw.load_state_dict(state["G"])
+    tr.D_raw.load_state_dict(state["D"])
+    tr.opt_G.load_state_dict(state["opt_G"])
+    tr.opt_D.load_state_dict(state["opt_D"])
+    if tr.G_ema is not None:  # checkpoints from before EMA existed have none: start it from G
+        tr.G_ema.load_state_dict(state.get("G_ema") or state["G"])
+    tr.step, tr.epoch, tr.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+    tr.extra.update({k: state[k] for k in ("rollbacks", "best_fid", "best_cacc") if k in state})
+    if info.world_size == 1 and int(state.get("world_size", 1)) == 1:
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    else:  # other ranks' RNG streams were never saved: derive fresh, distinct ones
+        torch.manual_seed((seed * info.world_size + info.rank) * 1_000_003 + tr.step)
