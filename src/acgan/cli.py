@@ -43,6 +43,27 @@ def _flag(group: argparse._ArgumentGroup, name: str, help: str, **kwargs: object
     group.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=text, **kwargs)
 
 
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """`acgan train`'s architecture and recipe group."""
+    g = p.add_argument_group("architecture and recipe (unset choices follow --arch: paper = the paper's recipe)")
+    _flag(g, "arch", "networks: the paper's CIFAR nets, SN-DCGAN, SNGAN-style ResNet, or the paper's ImageNet-128 "
+          "nets (--image_size 128)", choices=ARCHS)
+    _flag(g, "g_cond", "how G takes the class: one-hot concatenated to z, or class-conditional BatchNorm "
+          "(default: cbn for sndcgan/resnet, concat for paper/imagenet)", type=str, choices=G_CONDITIONING)
+    _flag(g, "loss", "source loss (default: bce for paper/imagenet, hinge for sndcgan/resnet)", type=str,
+          choices=SOURCE_LOSSES)
+    _flag(g, "cls_loss", "class loss: ce (the paper's) or d2dce (ReACGAN's data-to-data cross-entropy)",
+          choices=CLASS_LOSSES)
+    _flag(g, "lr_d", "D's learning rate (default: --lr)", type=float)
+    _flag(g, "lr_g", "G's learning rate (default: --lr)", type=float)
+    _flag(g, "n_dis", "D updates per G update (each step is one D update on one real batch)")
+    _flag(g, "ema_decay", "EMA of G's weights for samples and metrics, 0 = off (default: 0 for paper/imagenet, "
+          "0.999 for sndcgan, 0.9999 for resnet)", type=float)
+    _flag(g, "ema_warmup", "steps over which the EMA's horizon ramps up to --ema_decay")
+    _flag(g, "diffaug", "DiffAugment for every image D sees: none or a comma-separated subset of "
+          "color,translation,cutout")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an ACGAN", description="Train (or resume) an ACGAN. Each run writes "
                        "a numbered directory under --outdir with config.json, stats.jsonl, samples/, checkpoints/, "
@@ -61,23 +82,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(g, "lr", "Adam learning rate for G and D")
     _flag(g, "beta1", "Adam beta1")
     _flag(g, "beta2", "Adam beta2")
-    g = p.add_argument_group("architecture and recipe (unset choices follow --arch: paper = the paper's recipe)")
-    _flag(g, "arch", "networks: the paper's CIFAR nets, SN-DCGAN, SNGAN-style ResNet, or the paper's ImageNet-128 "
-          "nets (--image_size 128)", choices=ARCHS)
-    _flag(g, "g_cond", "how G takes the class: one-hot concatenated to z, or class-conditional BatchNorm "
-          "(default: cbn for sndcgan/resnet, concat for paper/imagenet)", type=str, choices=G_CONDITIONING)
-    _flag(g, "loss", "source loss (default: bce for paper/imagenet, hinge for sndcgan/resnet)", type=str,
-          choices=SOURCE_LOSSES)
-    _flag(g, "cls_loss", "class loss: ce (the paper's) or d2dce (ReACGAN's data-to-data cross-entropy)",
-          choices=CLASS_LOSSES)
-    _flag(g, "lr_d", "D's learning rate (default: --lr)", type=float)
-    _flag(g, "lr_g", "G's learning rate (default: --lr)", type=float)
-    _flag(g, "n_dis", "D updates per G update (each step is one D update on one real batch)")
-    _flag(g, "ema_decay", "EMA of G's weights for samples and metrics, 0 = off (default: 0 for paper/imagenet, "
-          "0.999 for sndcgan, 0.9999 for resnet)", type=float)
-    _flag(g, "ema_warmup", "steps over which the EMA's horizon ramps up to --ema_decay")
-    _flag(g, "diffaug", "DiffAugment for every image D sees: none or a comma-separated subset of "
-          "color,translation,cutout")
+    _add_recipe_flags(p)
     g = p.add_argument_group("run control")
     _flag(g, "outdir", "where numbered run directories are made")
     _flag(g, "seed", "random seed (data order, noise, init)")
