@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py --root_dir ../shared/cifar10 --minutes 20 [--arch sndcgan] [-- extra train flags]
 
-1. Makes sure a cacc classifier exists for the dataset (`acgan classifier train`, cached in $ACGAN_CACHE).
+1. Takes the cacc classifier given by --classifier, or trains one into --outdir (`acgan classifier train`).
 2. Runs `acgan train` and stops it with SIGTERM after --minutes (a graceful stop: the last checkpoint is
    written at the step it reached), so every recipe gets the same wall-clock budget on the same machine.
 3. Runs `acgan evaluate` on that checkpoint: cacc always; FID and IS as well when --detector is given or the
@@ -50,10 +50,11 @@ def main() -> None:
     ap.add_argument("--num_samples", type=int, default=10_000)
     ap.add_argument("--detector", help="inception-2015-12-05.pt: adds FID and IS")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--classifier", help="from `acgan classifier train` (default: train one into --outdir)")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
     a = ap.parse_args()
     data = ["--dataset", a.dataset, "--root_dir", a.root_dir]
-    classifier = Path(a.outdir) / f"classifier-{a.dataset}.pt"
+    classifier = Path(a.classifier or Path(a.outdir) / f"classifier-{a.dataset}.pt")
     if not classifier.exists():
         subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
                        check=True)

@@ -119,3 +119,9 @@ def test_parse_policy_validates_names():
         parse_policy("color,color")
     with pytest.raises(ValueError, match="unknown"):
         parse_policy("color,")
+
+
+def test_config_lists_the_same_policies_as_augment():
+    from acgan.config import DIFFAUG_POLICIES  # kept apart so that `acgan --help` need not import torch
+
+    assert DIFFAUG_POLICIES == AUGMENT_POLICIES

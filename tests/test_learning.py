@@ -4,13 +4,18 @@ An independent classifier, trained here on real shapes, judges generated images.
 ignores its class input is the control: the judge must find it at chance level, which proves that the
 score is conditioning and not a judge that says yes to anything.
 
-Target vs. what the paper's nets reach: the issue asks for >= 80% within a few CPU minutes. With the
-paper's CIFAR-10 networks (dropout 0.5 in every D layer) the judge's score rises late and oscillates
-(measured on this 2-core CPU, lr 5e-4, batch 32: 0.10 up to step 1000, 0.39 at 1750, 0.48 at 2000,
-0.09 at 2250, 0.45 at 2500) while D's own class accuracy on fakes reaches 0.95: G and D agree on a
-class code the independent judge only partly shares, and G collapses within each class. So this
-test asserts what the paper nets reliably show in budget - conditioning well above chance (>= 30%
-against 10%) with a chance-level control - and the 80% bar waits for the better architectures.
+Target vs. what the paper's nets reach: the issue asks for >= 80% within a few CPU minutes. Measured on
+this 2-core CPU with the paper's nets (batch 32, lr 5e-4, 2000 steps, about 3.5 minutes), judged by this
+test's judge:
+- the paper's recipe (D's classifier also trained on fakes): 0.48; D's class accuracy on fakes reaches
+  0.95 while the judge's stays low, because G and D agree on a class code no classifier of real images reads;
+- D's classifier on real images only (--cls_loss ce_real, how StudioGAN trains ACGAN) and an EMA G (0.99):
+  0.61 to 0.68, and what is left is intra-class collapse: each class is drawn as one image for every z, so
+  a class scores 0 or 1 and the total is a lottery over which classes collapsed onto a readable shape.
+Batch 64, lr_d 1e-3, a 3x class weight for G and MSGAN's mode-seeking term did not get closer to 0.8 in
+budget; `sndcgan` costs 3-5x the CPU time per step and scored 0.21 after 600 steps. So this test asserts
+what the budget reliably shows - conditioning far above chance (>= 30% against 10%) with a chance-level
+control - and the 80% bar is still open.
 """
 
 import copy
@@ -25,8 +30,10 @@ from acgan.data import load_dataset
 from acgan.sample import generate, load_generator
 
 # The run: flags a user could type. A higher lr and a small batch get many D/G updates out of a few
-# CPU minutes; everything else (nets, losses, dropout, Adam betas, bf16 where available) is the default.
+# CPU minutes; D's classifier learns from real images only and samples come from a short-horizon EMA of G;
+# everything else (the default arch's nets, BCE, dropout, Adam betas, bf16 where available) is the default.
 TRAIN_FLAGS = ["--dataset", "shapes", "--batch_size", "32", "--lr", "0.0005", "--max_steps", "2000",
+               "--cls_loss", "ce_real", "--ema_decay", "0.99", "--ema_warmup", "0",
                "--log_every", "100", "--sample_every", "500", "--ckpt_every", "1000", "--seed", "0"]
 MIN_ACCURACY = 0.3  # chance is 0.1
 PER_CLASS = 100

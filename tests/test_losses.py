@@ -83,7 +83,19 @@ def test_stats_keys_are_the_same_for_every_option():
 def test_unknown_source_loss_is_rejected():
     with pytest.raises(ValueError, match="source loss"):
         d_loss_real(torch.zeros(2), torch.zeros(2, 3), torch.tensor([0, 1]), loss="wgan")
-    assert SOURCE_LOSSES == ("bce", "hinge") and CLASS_LOSSES == ("ce", "d2dce")
+    with pytest.raises(ValueError, match="class loss"):
+        d_loss_fake(torch.zeros(2), torch.zeros(2, 3), torch.tensor([0, 1]), cls_loss="focal")
+    assert SOURCE_LOSSES == ("bce", "hinge") and CLASS_LOSSES == ("ce", "ce_real", "d2dce")
+
+
+def test_ce_real_trains_d_classifier_on_real_images_only():
+    s, logits, y = torch.tensor([0.0, 0.0]), torch.zeros(2, 4, requires_grad=True), torch.tensor([0, 3])
+    loss_paper, _ = d_loss_fake(s, logits, y, cls_loss="ce")
+    loss_real_only, stats = d_loss_fake(s, logits, y, cls_loss="ce_real")
+    assert math.isclose(loss_paper.item(), math.log(2) + math.log(4), rel_tol=1e-6)  # BCE(0 | 0) + CE(uniform)
+    assert math.isclose(loss_real_only.item(), math.log(2), rel_tol=1e-6)  # the source term alone
+    assert not loss_real_only.requires_grad  # no gradient reaches the class head from fakes
+    assert stats["acc_fake"].item() == 0.5  # still reported: arg-max of uniform logits is class 0
 
 
 # Three samples, E = 2: e0 = (1, 0) class 0, e1 = (0, 1) class 1, e2 = (1, 1) class 0 (cosines to e0, e1 are
@@ -151,6 +163,6 @@ def test_d2dce_accuracy_uses_the_nearest_proxy():
 def test_d2dce_fake_loss_for_d_has_no_class_term():
     source = torch.tensor([0.0, 3.0, -1.0])
     embed = torch.randn(3, 2, requires_grad=True)
-    loss, stats = d_loss_fake(source, embed, _Y, loss="hinge", proxies=_PROXIES)
+    loss, stats = d_loss_fake(source, embed, _Y, loss="hinge", cls_loss="d2dce", proxies=_PROXIES)
     assert math.isclose(loss.item(), (1.0 + 4.0 + 0.0) / 3, rel_tol=1e-6)  # relu(1 + s) only
     assert "acc_fake" in stats and not loss.requires_grad  # the embedding is not part of D's fake loss

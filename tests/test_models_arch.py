@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from acgan.errors import UserError
-from acgan.models import ARCHS, CondBatchNorm2d, build_nets, count_parameters
+from acgan.models import ARCHS, CondBatchNorm2d, build_generator, build_nets, count_parameters
 
 SIZES = {"paper": (32, 64, 128), "sndcgan": (32, 64, 128), "resnet": (32, 64, 128), "imagenet": (128,)}
 SMALLEST = [(arch, SIZES[arch][0]) for arch in ARCHS]
@@ -169,3 +169,14 @@ def test_unknown_arch_or_unsupported_size_is_a_user_error():
         build_nets("imagenet", 100, 10, 32)
     with pytest.raises(UserError, match="--embed_dim"):
         build_nets("paper", 100, 10, 32, embed_dim=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_build_generator_alone_matches_the_g_of_build_nets(arch):
+    size = 128 if arch == "imagenet" else 32
+    torch.manual_seed(0)
+    G_alone = build_generator(arch, 100, 10, size)
+    torch.manual_seed(0)
+    G_pair, _ = build_nets(arch, 100, 10, size)
+    a, b = G_alone.state_dict(), G_pair.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # a checkpoint's G loads into either

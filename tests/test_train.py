@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from acgan.checkpoint import load_checkpoint
-from acgan.config import TrainConfig
+from acgan.config import TrainConfig, config_from_dict
 from acgan.errors import UserError
 from acgan.train import train
 
@@ -114,3 +114,12 @@ def test_recipe_flags_are_validated():
         TrainConfig(diffaug="color,rotate")
     with pytest.raises(UserError, match="--g_cond cbn"):
         TrainConfig(arch="paper", g_cond="cbn").resolved()
+
+
+def test_unset_recipe_choices_follow_the_arch_and_given_ones_win():
+    paper, sndcgan = TrainConfig(arch="paper").resolved(), TrainConfig(arch="sndcgan").resolved()
+    assert (paper.loss, paper.cls_loss, paper.ema_decay) == ("bce", "ce", 0.0)  # the paper's recipe
+    assert (sndcgan.loss, sndcgan.cls_loss, sndcgan.g_cond) == ("hinge", "ce_real", "cbn")
+    given = TrainConfig(arch="sndcgan", cls_loss="ce", loss="bce").resolved()
+    assert (given.loss, given.cls_loss) == ("bce", "ce")
+    assert config_from_dict({"cls_loss": "ce"}).resolved().cls_loss == "ce"  # an older config keeps its recipe

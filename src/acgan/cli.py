@@ -52,7 +52,9 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
           "(default: cbn for sndcgan/resnet, concat for paper/imagenet)", type=str, choices=G_CONDITIONING)
     _flag(g, "loss", "source loss (default: bce for paper/imagenet, hinge for sndcgan/resnet)", type=str,
           choices=SOURCE_LOSSES)
-    _flag(g, "cls_loss", "class loss: ce (the paper's) or d2dce (ReACGAN's data-to-data cross-entropy)",
+    _flag(g, "cls_loss", "class loss: ce (the paper's: D also learns classes from G's images), ce_real (D learns "
+          "classes from real images only, as StudioGAN trains ACGAN) or d2dce (ReACGAN's data-to-data "
+          "cross-entropy, real only) (default: ce for paper/imagenet, ce_real for sndcgan/resnet)", type=str,
           choices=CLASS_LOSSES)
     _flag(g, "lr_d", "D's learning rate (default: --lr)", type=float)
     _flag(g, "lr_g", "G's learning rate (default: --lr)", type=float)

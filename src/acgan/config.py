@@ -16,18 +16,19 @@ COMPILE_MODES = ("auto", "on", "off")
 ON_NAN = ("stop", "rollback")
 ARCHS = ("paper", "sndcgan", "resnet", "imagenet")
 SOURCE_LOSSES = ("bce", "hinge")
-CLASS_LOSSES = ("ce", "d2dce")
+CLASS_LOSSES = ("ce", "ce_real", "d2dce")
 G_CONDITIONING = ("concat", "cbn")
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
 D2D_EMBED_DIM = 512  # ReACGAN's embedding size for the data-to-data class loss
 
-# What a run gets when --loss, --g_cond or --ema_decay are not given: the paper's nets keep the paper's
-# recipe (fidelity); the spectral-norm nets get the recipe they were designed and measured with.
+# What a run gets when --loss, --cls_loss, --g_cond or --ema_decay are not given: the paper's nets keep the
+# paper's recipe (fidelity); the spectral-norm nets get the recipe StudioGAN trains ACGAN with (hinge, D's
+# classifier on real images only, EMA).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "paper": {"loss": "bce", "g_cond": "concat", "ema_decay": 0.0},
-    "imagenet": {"loss": "bce", "g_cond": "concat", "ema_decay": 0.0},
-    "sndcgan": {"loss": "hinge", "g_cond": "cbn", "ema_decay": 0.999},
-    "resnet": {"loss": "hinge", "g_cond": "cbn", "ema_decay": 0.9999},
+    "paper": {"loss": "bce", "cls_loss": "ce", "g_cond": "concat", "ema_decay": 0.0},
+    "imagenet": {"loss": "bce", "cls_loss": "ce", "g_cond": "concat", "ema_decay": 0.0},
+    "sndcgan": {"loss": "hinge", "cls_loss": "ce_real", "g_cond": "cbn", "ema_decay": 0.999},
+    "resnet": {"loss": "hinge", "cls_loss": "ce_real", "g_cond": "cbn", "ema_decay": 0.9999},
 }
 
 
@@ -52,7 +53,7 @@ class TrainConfig:
     arch: str = "paper"
     g_cond: str | None = None
     loss: str | None = None
-    cls_loss: str = "ce"
+    cls_loss: str | None = None
     lr_d: float | None = None
     lr_g: float | None = None
     n_dis: int = 1
@@ -112,7 +113,7 @@ class TrainConfig:
         choices = {"dataset": DATASETS, "precision": PRECISIONS, "compile": COMPILE_MODES, "on_nan": ON_NAN,
                    "arch": ARCHS, "loss": SOURCE_LOSSES, "cls_loss": CLASS_LOSSES, "g_cond": G_CONDITIONING}
         for name, allowed in choices.items():
-            if getattr(self, name) is None and name in ("loss", "g_cond"):
+            if getattr(self, name) is None and name in ("loss", "cls_loss", "g_cond"):
                 continue
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -6,11 +6,14 @@ fake images. As losses to minimize: D takes BCE(source) + CE(class) on real and 
 the non-saturating BCE(source of fake | real) + CE(class of fake | requested class). Logits stay raw
 (BCE-with-logits, CE on logits) and are computed in fp32 even when the nets run in bf16.
 
-Two options swap either half. Source loss "hinge" (Lim & Ye 2017; Miyato et al. 2018): D takes
-relu(1 - s) on real and relu(1 + s) on fake, G takes -s. Class loss "d2dce" (Kang et al., NeurIPS 2021,
-ReACGAN): D's class head emits an embedding, scored against per-class proxies with the Data-to-Data
-Cross-Entropy of `d2d_ce`; as in ReACGAN, D then learns classes from real images only (no class term on
-fakes), while G still takes the class term on its fakes.
+Options swap either half. Source loss "hinge" (Lim & Ye 2017; Miyato et al. 2018): D takes
+relu(1 - s) on real and relu(1 + s) on fake, G takes -s. Class loss "ce_real": the same CE, but D learns
+classes from real images only, as StudioGAN trains ACGAN. With the paper's "ce", D's classifier also
+learns whatever class code G happens to draw, so G and D can agree on a code no classifier of real images
+reads; measured on `shapes`, that is what keeps the paper's recipe from drawing recognisable classes
+early. Class loss "d2dce" (Kang et al., NeurIPS 2021, ReACGAN): D's class head emits an embedding, scored
+against per-class proxies with the Data-to-Data Cross-Entropy of `d2d_ce`, also on real images only for D.
+G takes its class term on its fakes with every class loss.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 Stats = dict[str, torch.Tensor]
 
 SOURCE_LOSSES = ("bce", "hinge")
-CLASS_LOSSES = ("ce", "d2dce")
+CLASS_LOSSES = ("ce", "ce_real", "d2dce")
 
 # ReACGAN's settings (PyTorch-StudioGAN configs, e.g. CIFAR10/ReACGAN.yaml: temperature 0.5, m_p 0.98); the
 # negative margin is 1 - m_p, as StudioGAN's Data2DataCrossEntropyLoss computes it (cos + m_p - 1).
@@ -104,10 +107,12 @@ def d_loss_real(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, 
 
 
 def d_loss_fake(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
-                proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
-    """D's loss on fakes: source(fake) + CE(class | generated-for class); with d2dce (ReACGAN) no class term."""
+                cls_loss: str = "ce", proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+    """D's loss on fakes: source(fake), plus CE(class | generated-for class) only for the paper's "ce"."""
+    if cls_loss not in CLASS_LOSSES:
+        raise ValueError(f"unknown class loss {cls_loss!r}; expected one of {CLASS_LOSSES}")
     total = _source_loss(source, loss, "fake")
-    if proxies is None:  # the ACGAN paper's objective; ReACGAN trains D's classifier on real data only
+    if cls_loss == "ce":  # the ACGAN paper's objective; ce_real and d2dce train D's classifier on real data only
         total = total + F.cross_entropy(class_out.float(), y)
     stats = {
         "loss_D_fake": total.detach(),

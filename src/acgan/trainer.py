@@ -29,6 +29,7 @@ class StepOptions:
     nz: int
     num_classes: int
     loss: str = "bce"
+    cls_loss: str = "ce"
     augment: str = ""  # DiffAugment policy applied to every image D sees; "" = none
     ema_decay: float = 0.0
     ema_warmup: int = 0
@@ -36,7 +37,7 @@ class StepOptions:
     @classmethod
     def from_config(cls, config: TrainConfig, num_classes: int) -> StepOptions:
         """Options of a resolved config (see TrainConfig.resolved)."""
-        return cls(config.nz, num_classes, config.loss, ",".join(parse_diffaug(config.diffaug)),
+        return cls(config.nz, num_classes, config.loss, config.cls_loss, ",".join(parse_diffaug(config.diffaug)),
                    config.ema_decay, config.ema_warmup)
 
 
@@ -109,7 +110,8 @@ def train_step(tr: Trainer, x_real: torch.Tensor, y_real: torch.Tensor, opts: St
     with amp:
         x_fake = tr.G(z, y_fake)  # (B, 3, S, S)
         source, class_out = tr.D(_seen_by_D(x_fake.detach(), opts))
-    loss_fake, stats_fake = d_loss_fake(source, class_out, y_fake, loss=opts.loss, proxies=proxies)
+    loss_fake, stats_fake = d_loss_fake(source, class_out, y_fake, loss=opts.loss, cls_loss=opts.cls_loss,
+                                        proxies=proxies)
     loss_fake.backward()
     tr.opt_D.step()
     stats.update(stats_fake)

@@ -22,24 +22,31 @@ __all__ = [
     "CondBatchNorm2d",
     "Discriminator",
     "Generator",
+    "build_generator",
     "build_nets",
     "count_parameters",
     "init_weights",
 ]
 
 
+def _module(arch: str):  # noqa: ANN202 - one of the arch modules
+    if arch not in ARCHS:
+        raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    return {"paper": paper, "sndcgan": sndcgan, "resnet": resnet, "imagenet": imagenet}[arch]
+
+
+def build_generator(arch: str, nz: int, num_classes: int, image_size: int, *, cond_bn: bool = True) -> nn.Module:
+    """An initialised G alone (sampling needs no D); cond_bn only applies to sndcgan and resnet."""
+    if arch in ("paper", "imagenet"):  # the paper's nets always concatenate the one-hot class to z
+        return _module(arch).Generator(nz, num_classes, image_size)
+    return _module(arch).Generator(nz, num_classes, image_size, cond_bn=cond_bn)
+
+
 def build_nets(
     arch: str, nz: int, num_classes: int, image_size: int, *, embed_dim: int | None = None, cond_bn: bool = True
 ) -> tuple[nn.Module, nn.Module]:
     """Initialised (G, D) of one architecture; cond_bn only applies to sndcgan and resnet (paper nets concatenate)."""
-    if arch not in ARCHS:
-        raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if embed_dim is not None and embed_dim < 1:
         raise UserError(f"--embed_dim must be a positive integer, got {embed_dim}")
-    modules = {"paper": paper, "sndcgan": sndcgan, "resnet": resnet, "imagenet": imagenet}
-    module = modules[arch]
-    if arch in ("paper", "imagenet"):  # the paper's nets always concatenate the one-hot class to z
-        G = module.Generator(nz, num_classes, image_size)
-    else:
-        G = module.Generator(nz, num_classes, image_size, cond_bn=cond_bn)
-    return G, module.Discriminator(num_classes, image_size, embed_dim=embed_dim)
+    G = build_generator(arch, nz, num_classes, image_size, cond_bn=cond_bn)
+    return G, _module(arch).Discriminator(num_classes, image_size, embed_dim=embed_dim)
