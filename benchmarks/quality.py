@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import subprocess
@@ -37,6 +38,21 @@ def train_for(minutes: float, train_args: list[str]) -> float:
     if proc.returncode != 0:
         sys.exit(f"acgan train failed with exit code {proc.returncode}")
     return time.perf_counter() - start
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The step the graceful stop reached (stats.jsonl only has the logged steps)."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
+def _cpu_name() -> str:
+    """'CPU (<model>, N cores)': platform.processor() is empty on Linux, /proc/cpuinfo is not."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"CPU ({names[0] if names else platform.processor() or 'unknown'}, {os.cpu_count()} cores)"
 
 
 def main() -> None:
@@ -70,10 +86,10 @@ def main() -> None:
     subprocess.run([*cmd, *(["--detector", a.detector] if a.detector else [])], check=True)
     results = json.loads(out.read_text())
     config = json.loads((run_dir / "config.json").read_text())
-    step = max(json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines())
+    step = _checkpoint_step(run_dir / "checkpoints" / "last.pt")
     recipe = (f"{config['loss']}+{config['cls_loss']}, ema {config['ema_decay']}, diffaug {config['diffaug']}, "
               f"n_dis {config['n_dis']}, batch {config['batch_size']}, lr {config['lr_d']}/{config['lr_g']}")
-    hardware = config["resolved_device"] if config["resolved_device"] != "cpu" else f"CPU ({platform.processor()})"
+    hardware = config["resolved_device"] if config["resolved_device"] != "cpu" else _cpu_name()
     row = {"arch": config["arch"], "recipe": recipe, "steps": step, "hardware": hardware,
            "minutes": round(seconds / 60, 1), "fid": results.get("fid"), "is": results.get("is_mean"),
            "cacc": results.get("cacc"), "cacc_real_test": results.get("cacc_real_test")}
