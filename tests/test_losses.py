@@ -86,6 +86,9 @@ def test_unknown_source_loss_is_rejected():
     with pytest.raises(ValueError, match="class loss"):
         d_loss_fake(torch.zeros(2), torch.zeros(2, 3), torch.tensor([0, 1]), cls_loss="focal")
     assert SOURCE_LOSSES == ("bce", "hinge") and CLASS_LOSSES == ("ce", "ce_real", "d2dce")
+    from acgan import config  # the CLI's copies, kept apart so that `acgan --help` need not import torch
+
+    assert (config.SOURCE_LOSSES, config.CLASS_LOSSES) == (SOURCE_LOSSES, CLASS_LOSSES)
 
 
 def test_ce_real_trains_d_classifier_on_real_images_only():

@@ -6,6 +6,8 @@ class proxies D.proxies (K, E) (ReACGAN's data-to-data cross-entropy).
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from torch import nn
 
 from acgan.errors import UserError
@@ -29,7 +31,8 @@ __all__ = [
 ]
 
 
-def _module(arch: str):  # noqa: ANN202 - one of the arch modules
+def _module(arch: str) -> ModuleType:
+    """The module that defines --arch's Generator and Discriminator."""
     if arch not in ARCHS:
         raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     return {"paper": paper, "sndcgan": sndcgan, "resnet": resnet, "imagenet": imagenet}[arch]
