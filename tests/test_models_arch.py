@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from acgan.errors import UserError
-from acgan.models import ARCHS, CondBatchNorm2d, build_generator, build_nets, count_parameters
+from acgan.models import ARCHS, BitDropout, CondBatchNorm2d, build_generator, build_nets, count_parameters
 
 SIZES = {"paper": (32, 64, 128), "sndcgan": (32, 64, 128), "resnet": (32, 64, 128), "imagenet": (128,)}
 SMALLEST = [(arch, SIZES[arch][0]) for arch in ARCHS]
@@ -180,3 +180,15 @@ def test_build_generator_alone_matches_the_g_of_build_nets(arch):
     G_pair, _ = build_nets(arch, 100, 10, size)
     a, b = G_alone.state_dict(), G_pair.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # a checkpoint's G loads into either
+
+
+@pytest.mark.parametrize("arch,size", [("paper", 32), ("imagenet", 128)])
+def test_d_dropout_sets_the_paper_ds_dropout_and_zero_makes_d_deterministic_in_training(arch, size):
+    x = torch.randn(4, 3, size, size)
+    for p in (0.5, 0.0):
+        torch.manual_seed(0)
+        D = build_nets(arch, 100, 10, size, d_dropout=p)[1].train()
+        assert {m.p for m in D.modules() if isinstance(m, BitDropout)} == {p}
+        with torch.no_grad():
+            same = torch.equal(D(x)[0], D(x)[0])  # BN uses batch statistics in both passes: only dropout differs
+        assert same == (p == 0.0)

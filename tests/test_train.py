@@ -114,12 +114,17 @@ def test_recipe_flags_are_validated():
         TrainConfig(diffaug="color,rotate")
     with pytest.raises(UserError, match="--g_cond cbn"):
         TrainConfig(arch="paper", g_cond="cbn").resolved()
+    with pytest.raises(UserError, match="--d_dropout"):
+        TrainConfig(d_dropout=1.0)
+    with pytest.raises(UserError, match="--d_dropout applies to"):
+        TrainConfig(arch="sndcgan", d_dropout=0.3).resolved()
 
 
 def test_unset_recipe_choices_follow_the_arch_and_given_ones_win():
     paper, sndcgan = TrainConfig(arch="paper").resolved(), TrainConfig(arch="sndcgan").resolved()
-    assert (paper.loss, paper.cls_loss, paper.ema_decay) == ("bce", "ce", 0.0)  # the paper's recipe
-    assert (sndcgan.loss, sndcgan.cls_loss, sndcgan.g_cond) == ("hinge", "ce_real", "cbn")
+    assert (paper.loss, paper.cls_loss, paper.ema_decay, paper.d_dropout) == ("bce", "ce", 0.0, 0.5)  # the paper's
+    assert (sndcgan.loss, sndcgan.cls_loss, sndcgan.g_cond, sndcgan.d_dropout) == ("hinge", "ce_real", "cbn", 0.0)
+    assert TrainConfig(arch="paper", d_dropout=0.0).resolved().d_dropout == 0.0
     given = TrainConfig(arch="sndcgan", cls_loss="ce", loss="bce").resolved()
     assert (given.loss, given.cls_loss) == ("bce", "ce")
     assert config_from_dict({"cls_loss": "ce"}).resolved().cls_loss == "ce"  # an older config keeps its recipe

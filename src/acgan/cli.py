@@ -64,6 +64,8 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     _flag(g, "ema_warmup", "steps over which the EMA's horizon ramps up to --ema_decay")
     _flag(g, "diffaug", "DiffAugment for every image D sees: none or a comma-separated subset of "
           "color,translation,cutout")
+    _flag(g, "d_dropout", "dropout after each of D's conv layers, paper/imagenet only (default: 0.5, the "
+          "paper's; 0 lets D's classifier learn several times faster)", type=float)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -21,14 +21,14 @@ G_CONDITIONING = ("concat", "cbn")
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
 D2D_EMBED_DIM = 512  # ReACGAN's embedding size for the data-to-data class loss
 
-# What a run gets when --loss, --cls_loss, --g_cond or --ema_decay are not given: the paper's nets keep the
-# paper's recipe (fidelity); the spectral-norm nets get the recipe StudioGAN trains ACGAN with (hinge, D's
-# classifier on real images only, EMA).
+# What a run gets when --loss, --cls_loss, --g_cond, --ema_decay or --d_dropout are not given: the paper's
+# nets keep the paper's recipe (fidelity); the spectral-norm nets get the recipe StudioGAN trains ACGAN with
+# (hinge, D's classifier on real images only, EMA) and have no dropout in D.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "paper": {"loss": "bce", "cls_loss": "ce", "g_cond": "concat", "ema_decay": 0.0},
-    "imagenet": {"loss": "bce", "cls_loss": "ce", "g_cond": "concat", "ema_decay": 0.0},
-    "sndcgan": {"loss": "hinge", "cls_loss": "ce_real", "g_cond": "cbn", "ema_decay": 0.999},
-    "resnet": {"loss": "hinge", "cls_loss": "ce_real", "g_cond": "cbn", "ema_decay": 0.9999},
+    "paper": {"loss": "bce", "cls_loss": "ce", "g_cond": "concat", "ema_decay": 0.0, "d_dropout": 0.5},
+    "imagenet": {"loss": "bce", "cls_loss": "ce", "g_cond": "concat", "ema_decay": 0.0, "d_dropout": 0.5},
+    "sndcgan": {"loss": "hinge", "cls_loss": "ce_real", "g_cond": "cbn", "ema_decay": 0.999, "d_dropout": 0.0},
+    "resnet": {"loss": "hinge", "cls_loss": "ce_real", "g_cond": "cbn", "ema_decay": 0.9999, "d_dropout": 0.0},
 }
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     ema_decay: float | None = None
     ema_warmup: int = 1000
     diffaug: str = "none"
+    d_dropout: float | None = None
     # run control
     outdir: str = "runs"
     seed: int = 0
@@ -101,6 +102,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name} must be positive, got {value}")
+        if self.d_dropout is not None and not 0.0 <= self.d_dropout < 1.0:
+            raise UserError(f"--d_dropout must be in [0, 1), got {self.d_dropout}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
         if self.log_every % self.n_dis:
@@ -132,6 +135,8 @@ class TrainConfig:
         config = self.replace(**fills, lr_d=self.lr_d or self.lr, lr_g=self.lr_g or self.lr)
         if config.g_cond == "cbn" and config.arch in ("paper", "imagenet"):
             raise UserError(f"--g_cond cbn needs --arch sndcgan or resnet (the {config.arch} G takes a one-hot input)")
+        if config.d_dropout and config.arch in ("sndcgan", "resnet"):
+            raise UserError(f"--d_dropout applies to --arch paper or imagenet (the {config.arch} D has no dropout)")
         return config
 
 

@@ -69,7 +69,7 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
     config = config.resolved()
     embed_dim = D2D_EMBED_DIM if config.cls_loss == "d2dce" else None
     G_raw, D_raw = build_nets(config.arch, config.nz, num_classes, config.image_size, embed_dim=embed_dim,
-                              cond_bn=config.g_cond == "cbn")
+                              cond_bn=config.g_cond == "cbn", d_dropout=config.d_dropout)
     G_raw, D_raw = G_raw.to(device), D_raw.to(device)
     if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
         if device.type != "cuda":

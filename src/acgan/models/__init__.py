@@ -46,10 +46,13 @@ def build_generator(arch: str, nz: int, num_classes: int, image_size: int, *, co
 
 
 def build_nets(
-    arch: str, nz: int, num_classes: int, image_size: int, *, embed_dim: int | None = None, cond_bn: bool = True
+    arch: str, nz: int, num_classes: int, image_size: int, *, embed_dim: int | None = None, cond_bn: bool = True,
+    d_dropout: float = 0.5,
 ) -> tuple[nn.Module, nn.Module]:
-    """Initialised (G, D) of one architecture; cond_bn only applies to sndcgan and resnet (paper nets concatenate)."""
+    """Initialised (G, D) of one architecture; cond_bn applies to sndcgan/resnet, d_dropout to paper/imagenet."""
     if embed_dim is not None and embed_dim < 1:
         raise UserError(f"--embed_dim must be a positive integer, got {embed_dim}")
     G = build_generator(arch, nz, num_classes, image_size, cond_bn=cond_bn)
+    if arch in ("paper", "imagenet"):
+        return G, _module(arch).Discriminator(num_classes, image_size, dropout=d_dropout, embed_dim=embed_dim)
     return G, _module(arch).Discriminator(num_classes, image_size, embed_dim=embed_dim)
