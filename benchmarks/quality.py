@@ -1,6 +1,6 @@
 """Sample quality per wall-clock time: train for a fixed time, then score the run; prints one results-table row.
 
-    python benchmarks/quality.py --root_dir ../shared/cifar10 --minutes 20 [--arch sndcgan] [-- extra train flags]
+    python benchmarks/quality.py --root_dir ../shared/cifar10 --minutes 20 [--arch paper] [-- extra train flags]
 
 1. Takes the cacc classifier given by --classifier, or trains one into --outdir (`acgan classifier train`).
 2. Runs `acgan train` and stops it with SIGTERM after --minutes (a graceful stop: the last checkpoint is
@@ -60,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="cifar10")
     ap.add_argument("--root_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "cifar10"))
-    ap.add_argument("--arch", default="sndcgan")
+    ap.add_argument("--arch", default="paper")
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--outdir", default="runs/quality")
     ap.add_argument("--num_samples", type=int, default=10_000)
