@@ -5,18 +5,18 @@ ignores its class input is the control: the judge must find it at chance level, 
 score is conditioning and not a judge that says yes to anything.
 
 Target vs. what the paper's nets reach: the issue asks for >= 80% within a few CPU minutes. Measured on
-this 2-core CPU with the paper's nets (batch 32, lr 5e-4, 2000 steps, about 3.5 minutes), judged by this
-test's judge:
-- the paper's recipe (D's classifier also trained on fakes): 0.48; D's class accuracy on fakes reaches
-  0.95 while the judge's stays low, because G and D agree on a class code no classifier of real images reads;
-- D's classifier on real images only (--cls_loss ce_real, how StudioGAN trains ACGAN) and an EMA G (0.99):
-  0.61 to 0.68 (0.64 for this test's run), and what is left is intra-class collapse: each class is drawn
-  as one image for every z, so a class scores 0 or 1 and the total is a lottery over which classes
-  collapsed onto a readable shape.
-Batch 64, lr_d 1e-3, a 3x class weight for G and MSGAN's mode-seeking term did not get closer to 0.8 in
-budget; `sndcgan` costs 3-5x the CPU time per step and scored 0.21 after 600 steps. So this test asserts
-what the budget reliably shows - conditioning far above chance (>= 30% against 10%) with a chance-level
-control - and the 80% bar is still open.
+this 2-core CPU with the paper's nets at batch 32, judged by this test's judge (one run each):
+- the paper's recipe, 2000 steps: 0.48; G and D agree on a class code no classifier of real images reads;
+- D's classifier on real images only (--cls_loss ce_real) and an EMA G (0.99), lr 5e-4, 2000 steps: 0.61
+  to 0.68, limited by intra-class collapse (each class drawn as one image for every z);
+- plus --d_dropout 0 (D's classifier reads real shapes after ~250 steps instead of ~1250) and DiffAugment
+  (color,translation,cutout), lr 5e-4: 0.88 (seed 0) and 0.65 (seed 1) at step 2000, but seed 1 then
+  collapses completely (within-class pixel std 0.39 -> 0.03) and falls to 0.55 by step 3000;
+- the same with G slower than D (--lr_g 2e-4 --lr_d 5e-4), 3000 steps (about 5 CPU minutes): seed 1 rises
+  steadily, 0.33, 0.42, 0.52, 0.60, 0.69, 0.83 at steps 500..3000, with no collapse; this test's run
+  (seed 0, 2 threads) 0.45, 0.54, 0.70 at steps 1000, 2000, 3000, within-class pixel std still 0.34.
+That last recipe is the one below. 0.70 and 0.83 are not a reliable 80% in CI, so the assertion stays well
+below the measured figures (MIN_ACCURACY, five times chance); the 80% bar is still open.
 """
 
 import copy
@@ -30,13 +30,16 @@ from acgan.cli import main
 from acgan.data import load_dataset
 from acgan.sample import generate, load_generator
 
-# The run: flags a user could type. A higher lr and a small batch get many D/G updates out of a few
-# CPU minutes; D's classifier learns from real images only and samples come from a short-horizon EMA of G;
-# everything else (the default arch's nets, BCE, dropout, Adam betas, bf16 where available) is the default.
-TRAIN_FLAGS = ["--dataset", "shapes", "--batch_size", "32", "--lr", "0.0005", "--max_steps", "2000",
+# The run: flags a user could type. A small batch and a high D learning rate get many updates out of a few
+# CPU minutes, and G learns slower than D so it does not collapse each class onto one image; D has no
+# dropout and sees DiffAugmented images, its classifier learns from real images only, and samples come
+# from a short-horizon EMA of G; everything else (the default arch's nets, BCE, Adam betas, bf16 where
+# available) is the default.
+TRAIN_FLAGS = ["--dataset", "shapes", "--batch_size", "32", "--lr_d", "0.0005", "--lr_g", "0.0002",
+               "--max_steps", "3000", "--d_dropout", "0", "--diffaug", "color,translation,cutout",
                "--cls_loss", "ce_real", "--ema_decay", "0.99", "--ema_warmup", "0",
                "--log_every", "100", "--sample_every", "500", "--ckpt_every", "1000", "--seed", "0"]
-MIN_ACCURACY = 0.3  # chance is 0.1
+MIN_ACCURACY = 0.5  # chance is 0.1; measured 0.70 and 0.83
 PER_CLASS = 100
 
 
@@ -73,7 +76,7 @@ def test_generator_draws_the_requested_class(tmp_path):
     assert main(["train", *TRAIN_FLAGS, "--outdir", str(tmp_path)]) == 0
     G, class_names, _, step = load_generator(tmp_path / "00000-shapes" / "checkpoints" / "last.pt",
                                              torch.device("cpu"))
-    assert step == 2000 and len(class_names) == 10
+    assert step == 3000 and len(class_names) == 10
     y = torch.arange(10).repeat_interleave(PER_CLASS)
     z = torch.randn(len(y), G.nz, generator=torch.Generator().manual_seed(1))
     acc = _accuracy(judge, generate(G, z, y), y)
