@@ -87,7 +87,9 @@ def main() -> None:
     results = json.loads(out.read_text())
     config = json.loads((run_dir / "config.json").read_text())
     step = _checkpoint_step(run_dir / "checkpoints" / "last.pt")
-    recipe = (f"{config['loss']}+{config['cls_loss']}, ema {config['ema_decay']}, diffaug {config['diffaug']}, "
+    recipe = (f"--recipe {config.get('recipe', 'default')}: "
+              f"{config['loss']}+{config['cls_loss']}, d_dropout {config['d_dropout']}, ema {config['ema_decay']}, "
+              f"diffaug {config['diffaug']}, "
               f"n_dis {config['n_dis']}, batch {config['batch_size']}, lr {config['lr_d']}/{config['lr_g']}")
     hardware = config["resolved_device"] if config["resolved_device"] != "cpu" else _cpu_name()
     row = {"arch": config["arch"], "recipe": recipe, "steps": step, "hardware": hardware,

@@ -128,3 +128,34 @@ def test_unset_recipe_choices_follow_the_arch_and_given_ones_win():
     given = TrainConfig(arch="sndcgan", cls_loss="ce", loss="bce").resolved()
     assert (given.loss, given.cls_loss) == ("bce", "ce")
     assert config_from_dict({"cls_loss": "ce"}).resolved().cls_loss == "ce"  # an older config keeps its recipe
+
+
+def test_tuned_recipe_fills_only_unset_choices_and_scales_with_lr():
+    tuned = TrainConfig(recipe="tuned").resolved()
+    assert (tuned.loss, tuned.cls_loss, tuned.d_dropout, tuned.ema_decay) == ("bce", "ce_real", 0.0, 0.999)
+    assert set(tuned.diffaug.split(",")) == {"color", "translation", "cutout"}
+    assert (tuned.lr_d, tuned.lr_g) == pytest.approx((5 * tuned.lr, 2 * tuned.lr))  # 1e-3 / 4e-4 at --lr 2e-4
+    slower = TrainConfig(recipe="tuned", lr=1e-4).resolved()
+    assert (slower.lr_d, slower.lr_g) == pytest.approx((5e-4, 2e-4))  # --lr keeps its meaning
+    given = TrainConfig(recipe="tuned", lr_g=3e-4, diffaug="none", cls_loss="ce", ema_decay=0.0).resolved()
+    assert (given.lr_g, given.diffaug, given.cls_loss, given.ema_decay) == (3e-4, "none", "ce", 0.0)
+    assert given.lr_d == pytest.approx(5 * given.lr)
+    paper = TrainConfig().resolved()  # the default recipe stays the paper's and the original CLI's
+    assert (paper.recipe, paper.diffaug, paper.lr_d, paper.lr_g) == ("default", "none", paper.lr, paper.lr)
+    assert TrainConfig(arch="imagenet", recipe="tuned").resolved().d_dropout == 0.0
+    with pytest.raises(UserError, match="--recipe tuned"):
+        TrainConfig(arch="resnet", recipe="tuned").resolved()
+    with pytest.raises(UserError, match="--recipe"):
+        TrainConfig(recipe="fast")
+
+
+def test_a_tuned_run_records_and_resumes_its_resolved_recipe(tmp_path):
+    train(TrainConfig(**SMALL, recipe="tuned", outdir=str(tmp_path), max_steps=4))
+    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path), max_steps=6, resume="auto"),
+                    explicit=frozenset({"max_steps", "resume"}))
+    config = json.loads((resumed / "config.json").read_text())
+    assert (config["recipe"], config["cls_loss"], config["d_dropout"], config["ema_decay"]) == \
+        ("tuned", "ce_real", 0.0, 0.999)
+    assert config["lr_d"] == pytest.approx(5 * config["lr"])
+    state = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["G_ema"] is not None

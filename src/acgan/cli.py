@@ -18,6 +18,7 @@ from acgan.config import (
     G_CONDITIONING,
     ON_NAN,
     PRECISIONS,
+    RECIPES,
     SOURCE_LOSSES,
     TrainConfig,
 )
@@ -45,9 +46,14 @@ def _flag(group: argparse._ArgumentGroup, name: str, help: str, **kwargs: object
 
 def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     """`acgan train`'s architecture and recipe group."""
-    g = p.add_argument_group("architecture and recipe (unset choices follow --arch: paper = the paper's recipe)")
+    g = p.add_argument_group("architecture and recipe (unset choices follow --recipe, then --arch: paper = the "
+                             "paper's recipe)")
     _flag(g, "arch", "networks: the paper's CIFAR nets, SN-DCGAN, SNGAN-style ResNet, or the paper's ImageNet-128 "
           "nets (--image_size 128)", choices=ARCHS)
+    _flag(g, "recipe", "default = each arch's own choices (the paper's recipe for paper); tuned = for paper/imagenet, "
+          "the recipe measured to train fastest here: --cls_loss ce_real --d_dropout 0 --diffaug "
+          "color,translation,cutout --ema_decay 0.999, lr_d 5x and lr_g 2x --lr; flags you give still win",
+          choices=RECIPES)
     _flag(g, "g_cond", "how G takes the class: one-hot concatenated to z, or class-conditional BatchNorm "
           "(default: cbn for sndcgan/resnet, concat for paper/imagenet)", type=str, choices=G_CONDITIONING)
     _flag(g, "loss", "source loss (default: bce for paper/imagenet, hinge for sndcgan/resnet)", type=str,
@@ -56,14 +62,14 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
           "classes from real images only, as StudioGAN trains ACGAN) or d2dce (ReACGAN's data-to-data "
           "cross-entropy, real only) (default: ce for paper/imagenet, ce_real for sndcgan/resnet)", type=str,
           choices=CLASS_LOSSES)
-    _flag(g, "lr_d", "D's learning rate (default: --lr)", type=float)
-    _flag(g, "lr_g", "G's learning rate (default: --lr)", type=float)
+    _flag(g, "lr_d", "D's learning rate (default: --lr; 5x --lr for --recipe tuned)", type=float)
+    _flag(g, "lr_g", "G's learning rate (default: --lr; 2x --lr for --recipe tuned)", type=float)
     _flag(g, "n_dis", "D updates per G update (each step is one D update on one real batch)")
     _flag(g, "ema_decay", "EMA of G's weights for samples and metrics, 0 = off (default: 0 for paper/imagenet, "
           "0.999 for sndcgan, 0.9999 for resnet)", type=float)
     _flag(g, "ema_warmup", "steps over which the EMA's horizon ramps up to --ema_decay")
     _flag(g, "diffaug", "DiffAugment for every image D sees: none or a comma-separated subset of "
-          "color,translation,cutout")
+          "color,translation,cutout (default: none; the tuned recipe's: all three)", type=str)
     _flag(g, "d_dropout", "dropout after each of D's conv layers, paper/imagenet only (default: 0.5, the "
           "paper's; 0 lets D's classifier learn several times faster)", type=float)
 
