@@ -11,9 +11,9 @@ classifier then reads real shapes after ~250 steps instead of ~1250) and DiffAug
 shapes themselves; G slower than D keeps each class from collapsing onto one image; doubling both rates
 (--lr_d 1e-3 --lr_g 4e-4) and a 500-step EMA horizon (0.998) give, at step 3000: 0.847 in this test's own
 run (seed 0, 2 threads, bit-identical run to run on the same CPU); with one thread 0.848 (seed 0), 0.915
-(seed 1), 0.691 (seed 2), 0.849 (seed 3) and 0.818 (seed 4). So the run this test makes clears the bar by about 0.05, but
-the recipe does not clear it for every seed: seed 2 ends with two classes (ring, star) under 0.25. A CPU
-that trains in fp32 (no native bf16) makes a different run, and may land lower.
+(seed 1), 0.691 (seed 2), 0.849 (seed 3) and 0.818 (seed 4). So the run this test makes clears the bar by
+about 0.05, but the recipe does not clear it for every seed: seed 2 ends with two classes (ring, star) under
+0.25. A CPU that trains in fp32 (no native bf16) makes a different run, and may land lower.
 """
 
 import copy
