@@ -38,7 +38,9 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 TUNED_RECIPE: dict[str, Any] = {"cls_loss": "ce_real", "d_dropout": 0.0, "diffaug": "color,translation,cutout",
                                 "ema_decay": 0.999}
 TUNED_LR_SCALE = {"lr_d": 5.0, "lr_g": 2.0}
-TUNED_ARCHS = ("paper", "imagenet")  # the nets it was measured with; the spectral-norm nets have their own
+# Measured with the paper nets; the paper's ImageNet nets share their D design (dropout, BN) but are unmeasured,
+# and the spectral-norm nets have their own recipe.
+TUNED_ARCHS = ("paper", "imagenet")
 
 
 @dataclass(frozen=True)
