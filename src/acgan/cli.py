@@ -50,9 +50,9 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
                              "paper's recipe)")
     _flag(g, "arch", "networks: the paper's CIFAR nets, SN-DCGAN, SNGAN-style ResNet, or the paper's ImageNet-128 "
           "nets (--image_size 128)", choices=ARCHS)
-    _flag(g, "recipe", "default = each arch's own choices (the paper's recipe for paper); tuned = for paper/imagenet, "
-          "the recipe measured to train fastest here: --cls_loss ce_real --d_dropout 0 --diffaug "
-          "color,translation,cutout --ema_decay 0.999, lr_d 5x and lr_g 2x --lr; flags you give still win",
+    _flag(g, "recipe", "default = each arch's own choices (the paper's recipe for paper); tuned = for paper/imagenet "
+          "(measured with paper only), the recipe that trained fastest here: --cls_loss ce_real --d_dropout 0 "
+          "--diffaug color,translation,cutout --ema_decay 0.999, lr_d 5x and lr_g 2x --lr; flags you give still win",
           choices=RECIPES)
     _flag(g, "g_cond", "how G takes the class: one-hot concatenated to z, or class-conditional BatchNorm "
           "(default: cbn for sndcgan/resnet, concat for paper/imagenet)", type=str, choices=G_CONDITIONING)
