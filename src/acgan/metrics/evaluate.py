@@ -6,7 +6,9 @@ import functools
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ _DETECTOR_METRICS = {"fid", "is", "kid", "pr", "ifid"}
 _FEATURE_METRICS = {"fid", "kid", "pr", "ifid"}
 # Keys whose value depends on how many generated images went in; they get a "10k"-style tag in tables.
 _COUNTED = ("fid", "is", "kid", "precision", "recall", "ifid")
+MAX_CACHED_FEATURES = 200_000
 
 
 def parse_metrics(metrics: Sequence[str] | str) -> list[str]:
@@ -107,16 +110,24 @@ def collect_fakes(
     return out
 
 
-def _real_features_loader(
-    detector: Detector, real_images: Tensor, real_key: str, cache_dir: Path | None, persist: bool
-) -> Callable[[], np.ndarray]:
-    """A memoised getter of the real features, stored on disk only when `persist` (they are large)."""
-    parts = {"dataset": real_key, "detector": detector.name, "num_images": int(real_images.shape[0]),
-             "statistic": "features"}
+def _real_features_loader(detector: Detector, real_images: Tensor, real_key: str,
+                          cache_dir: Path | None) -> Callable[[], np.ndarray]:
+    """A memoised getter of the real features, computed once per dataset and detector (with a progress bar)."""
+    n = int(real_images.shape[0])
+    parts = {"dataset": real_key, "detector": detector.name, "num_images": n, "statistic": "features"}
+    # The features are the hours-long part on a CPU; kept on disk up to ~1.6 GB (200k x 2048 float32), so that
+    # KID, precision/recall and intra-FID later cost nothing. Larger sets keep only their FID statistics.
+    persist = n <= MAX_CACHED_FEATURES
+
+    def compute() -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        feats = detector.features(real_images, progress=f"features of {n} real images (once, then cached)")
+        seconds = time.perf_counter() - start
+        print(f"real features: {n} images in {seconds:.0f} s ({n / seconds:.1f} images/s)", file=sys.stderr)
+        return {"features": feats.numpy()}
 
     @functools.cache
     def load() -> np.ndarray:
-        compute = lambda: {"features": detector.features(real_images).numpy()}  # noqa: E731
         return cached(parts, compute, cache_dir if persist else None)["features"]  # (N, D)
 
     return load
@@ -186,8 +197,7 @@ def compute_metrics(
     real_labels = torch.as_tensor(real_labels).long().cpu()
     results: dict[str, float] = {}
     if detector is not None and _FEATURE_METRICS.intersection(names):
-        real_feat = _real_features_loader(detector, real_images, real_key, cache_dir,
-                                          persist=bool({"kid", "pr", "ifid"}.intersection(names)))
+        real_feat = _real_features_loader(detector, real_images, real_key, cache_dir)
         parts = {"dataset": real_key, "detector": detector.name, "num_images": int(real_images.shape[0])}
         fid_stats = functools.partial(_real_fid_stats, real_feat, parts, cache_dir)
         fake_feat = torch.cat(fakes.features).numpy()  # (N_fake, D)

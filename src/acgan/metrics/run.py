@@ -12,7 +12,8 @@ from acgan.data import ImageDataset, load_dataset
 from acgan.errors import UserError
 from acgan.metrics.cacc import ImageClassifier
 from acgan.metrics.cache import default_cache_dir
-from acgan.metrics.detector import Detector, load_detector, resolve_detector_path
+from acgan.metrics.detector import Detector, load_detector
+from acgan.metrics.detector_files import resolve_detector_path
 from acgan.metrics.evaluate import compute_metrics, parse_metrics
 from acgan.models import Generator
 
@@ -48,10 +49,14 @@ def needs_detector(metrics: Sequence[str]) -> bool:
 
 
 def open_detector(metrics: Sequence[str], detector: str | Path | None, device: torch.device) -> Detector | None:
-    """The Inception detector when the metrics need one (downloaded and verified on first use)."""
+    """The Inception detector when the metrics need one (fetched and verified on first use); fails now, not later."""
     if not needs_detector(metrics):
         return None
-    return load_detector(resolve_detector_path(detector), device=device)
+    need_logits = "is" in parse_metrics(metrics)
+    found = load_detector(resolve_detector_path(detector, need_logits=need_logits), device=device)
+    if need_logits:
+        found.require_logits()
+    return found
 
 
 def open_classifier(metrics: Sequence[str], path: str | Path | None, reference: ImageDataset, device: torch.device,

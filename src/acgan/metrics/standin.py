@@ -1,6 +1,6 @@
-"""A tiny TorchScript detector with Inception's call signature, for tests and offline smoke runs only.
+"""Tiny TorchScript detectors with the two Inception call signatures, for tests and offline smoke runs only.
 
-Its numbers mean nothing about image quality; they only exercise the metric plumbing end to end.
+Their numbers mean nothing about image quality; they only exercise the metric plumbing end to end.
 """
 
 from __future__ import annotations
@@ -44,4 +44,30 @@ def save_standin_detector(path: Path, feature_dim: int = 16, num_classes: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_jit_deprecation():
         torch.jit.save(torch.jit.script(StandInDetector(feature_dim, num_classes, seed)), str(path))
+    return path
+
+
+class StandInFeatures(nn.Module):
+    """The features-only signature: float (N, 3, 299, 299) in [-1, 1) -> (N, feature_dim), like default_1.pt."""
+
+    def __init__(self, feature_dim: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.proj = nn.Linear(3 * 64, feature_dim)
+        with torch.no_grad():
+            for p in self.proj.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features of already resized and normalised images."""
+        pooled = F.adaptive_avg_pool2d(x, 8).flatten(1)  # (N, 192)
+        return torch.tanh(self.proj(pooled) * 3.0)  # (N, feature_dim)
+
+
+def save_standin_features(path: Path, feature_dim: int = 16, seed: int = 0) -> Path:
+    """Script a StandInFeatures and save it where `load_detector` can read it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with quiet_jit_deprecation():
+        torch.jit.save(torch.jit.script(StandInFeatures(feature_dim, seed)), str(path))
     return path
