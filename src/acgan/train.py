@@ -24,7 +24,7 @@ from acgan.config import TrainConfig, merge_resumed_config, write_config_json
 from acgan.data import EpochSampler, ImageDataset, load_dataset
 from acgan.errors import UserError
 from acgan.models import count_parameters
-from acgan.precision import autocast, resolve_precision
+from acgan.precision import autocast, choose_precision, describe_choice, probe_key
 from acgan.runlog import RunLog, real_grid
 from acgan.sample import class_grid_inputs, save_grid
 from acgan.trainer import (
@@ -34,6 +34,7 @@ from acgan.trainer import (
     Trainer,
     build_trainer,
     restore_trainer,
+    step_timer,
     train_step,
     trainer_state,
 )
@@ -122,6 +123,24 @@ def _evaluate(tr: Trainer, evaluate: Any, log: RunLog, save_best: Any) -> None:
     dist_utils.barrier()  # other ranks wait while rank 0 evaluates
 
 
+def pick_precision(config: TrainConfig, num_classes: int, device: torch.device,
+                   info: dist_utils.DistInfo) -> tuple[str, dict[str, float]]:
+    """The precision to train in: --precision, or for 'auto' on a CPU the fastest one measured (rank 0 decides)."""
+    from acgan.metrics.cache import default_cache_dir
+
+    choice: tuple[str, dict[str, float]] = ("", {})
+    if info.is_main:
+        key = probe_key(device=device.type, arch=config.arch, batch_size=config.batch_size, nz=config.nz,
+                        image_size=config.image_size, num_classes=num_classes, d_dropout=config.d_dropout)
+        precision, times, measured = choose_precision(config.precision, device, key, default_cache_dir(),
+                                                      step_timer(config, num_classes, device))
+        if times:
+            print(describe_choice(precision, times, measured, default_cache_dir()))
+        choice = (precision, times)
+    precision, times = dist_utils.broadcast_object(choice, info)
+    return precision, times
+
+
 def _finite(row: dict[str, float], tr: Trainer) -> bool:
     """True when every logged loss and every weight is finite."""
     params = (*tr.G_raw.parameters(), *tr.D_raw.parameters())
@@ -172,7 +191,8 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     dataset = load_train_data(config, info)
     if state is not None and tuple(state["class_names"]) != dataset.class_names:
         raise UserError(f"{ckpt_path} was trained on other classes than this {config.dataset} data")
-    K, precision = dataset.num_classes, resolve_precision(config.precision, device)
+    K = dataset.num_classes
+    precision, probe = pick_precision(config, K, device, info)
     tr = build_trainer(config, K, device, info)
     if state is not None:
         restore_trainer(tr, state, info, config.seed)
@@ -190,6 +210,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
         write_config_json(config, run_dir / "config.json", {
             "class_names": list(dataset.class_names), "num_images": len(dataset), "world_size": info.world_size,
             "global_batch_size": global_batch, "resolved_device": str(device), "resolved_precision": precision,
+            "precision_seconds_per_step": probe,
             "total_steps": total, "params_G": count_parameters(tr.G_raw), "params_D": count_parameters(tr.D_raw)})
         print(f"run {run_dir}: {len(dataset)} images, {K} classes, {device}, {precision}, "
               f"global batch {global_batch}, steps {tr.step} -> {total}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from acgan.ema import ema_decay, make_ema, update_ema
 from acgan.errors import UserError
 from acgan.losses import d_loss_fake, d_loss_real, g_loss
 from acgan.models import build_nets
-from acgan.precision import maybe_compile
+from acgan.precision import autocast, maybe_compile
 
 D_STAT_KEYS = ("loss_D_real", "loss_D_fake", "D_x", "D_G_z1", "acc_real", "acc_fake")
 G_STAT_KEYS = ("loss_G", "D_G_z2")
@@ -137,6 +139,32 @@ def _g_update(tr: Trainer, x_fake: torch.Tensor, y_fake: torch.Tensor, opts: Ste
     if tr.G_ema is not None:
         update_ema(tr.G_ema, tr.G_raw, ema_decay(tr.step, opts.ema_decay, opts.ema_warmup))
     return stats
+
+
+def step_timer(config: TrainConfig, num_classes: int, device: torch.device) -> Callable[[str, int], list[float]]:
+    """time_steps(precision, n): seconds of n steps of throwaway copies of the run's nets, on random data.
+
+    For the precision probe. It draws from a forked RNG, so the run's own random stream is as if it never ran.
+    """
+    holder: list[Trainer] = []
+    opts = StepOptions.from_config(config.resolved(), num_classes)
+    B, S = config.batch_size, config.image_size
+
+    def time_steps(precision: str, n: int) -> list[float]:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            if not holder:
+                holder.append(build_trainer(config, num_classes, device, dist_utils.DistInfo()))
+            x = torch.rand(B, 3, S, S, device=device) * 2 - 1
+            y = torch.randint(0, num_classes, (B,), device=device)
+            amp, seconds = autocast(device, precision), []
+            for _ in range(n):
+                start = time.perf_counter()
+                train_step(holder[0], x, y, opts, amp)["loss_G"].item()  # .item(): the step has really finished
+                seconds.append(time.perf_counter() - start)
+        return seconds
+
+    return time_steps
 
 
 def trainer_state(tr: Trainer, config: TrainConfig, class_names: tuple[str, ...], world_size: int) -> dict:
