@@ -1,14 +1,19 @@
 """Training throughput: a seed-style reference loop against acgan's trainer, same nets, same process.
 
-    python benchmarks/train_throughput.py [--data PATH|synthetic] [--steps 40] [--warmup 5] [--json]
+    python benchmarks/train_throughput.py [--data PATH|synthetic] [--steps 60] [--warmup 20] [--json]
+    python benchmarks/train_throughput.py --all_precisions --skip_reference   # auto beside every fixed one
 
 (a) `reference`: the way the original implementation trains - a DataLoader over per-image samples
     (PIL image -> float tensor -> normalize, in 2 worker processes), Sigmoid + BCELoss, fp32, and
     `.item()` host syncs every step.
 (b) `acgan`: acgan's own step with its defaults - the dataset resident on the device as uint8,
-    normalization and flips there, bf16 autocast where the hardware has it, bit-mask dropout,
-    statistics accumulated on the device and read once at the end.
+    normalization and flips there, the precision `--precision auto` measures fastest on this machine,
+    bit-mask dropout, statistics accumulated on the device and read once at the end.
 Both train the paper's CIFAR-10 nets at batch 100 for --steps steps after --warmup steps.
+
+It also prints the machine's limit for the step: the best dense matmul rate measured here (fp32 or bf16,
+2048^2) divided by the FLOPs of one training iteration per image (counted by FlopCounterMode on acgan's
+step), and acgan's fraction of that limit.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from torch import nn
 from acgan.config import ARCHS, DEFAULTS
 from acgan.data import EpochSampler, ImageDataset, load_dataset
 from acgan.distributed import DistInfo
+from acgan.metrics.cache import default_cache_dir
 from acgan.models import Discriminator, Generator
-from acgan.precision import autocast, resolve_precision
-from acgan.trainer import StepOptions, build_trainer, train_step
+from acgan.precision import autocast, choose_precision, cpu_name, describe_choice, probe_key, resolve_precision
+from acgan.trainer import StepOptions, build_trainer, step_timer, train_step
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -118,6 +124,47 @@ def acgan_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch.dev
     return steps * batch / (time.perf_counter() - t0)
 
 
+def matmul_gflops(precision: str, device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Dense n x n matmul rate in GFLOP/s at this precision (the machine's arithmetic ceiling for it)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def step_gflop_per_image(arch: str, batch: int, num_classes: int, device: torch.device) -> float:
+    """FLOPs of one training iteration (D and G updates, forward and backward) per image, counted, in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = DEFAULTS.replace(batch_size=batch, arch=arch).resolved()
+    with torch.random.fork_rng(devices=[]):
+        tr = build_trainer(config, num_classes, device, DistInfo())
+        x, y = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1, torch.arange(batch, device=device) % num_classes
+        with FlopCounterMode(display=False) as counter:
+            train_step(tr, x, y, StepOptions.from_config(config, num_classes), autocast(device, "fp32"))
+    return counter.get_total_flops() / batch / 1e9
+
+
+def auto_precision(arch: str, batch: int, num_classes: int, device: torch.device) -> str:
+    """What `acgan train --precision auto` picks for these nets here (measured once, then cached)."""
+    config = DEFAULTS.replace(batch_size=batch, arch=arch).resolved()
+    key = probe_key(device=device.type, arch=arch, batch_size=batch, nz=config.nz, image_size=config.image_size,
+                    num_classes=num_classes, d_dropout=config.d_dropout)
+    precision, times, measured = choose_precision("auto", device, key, default_cache_dir(),
+                                                  step_timer(config, num_classes, device))
+    if times:
+        print(describe_choice(precision, times, measured, default_cache_dir()))
+    return precision
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -141,6 +188,7 @@ def main() -> None:
     ap.add_argument("--arch", default="paper", choices=ARCHS, help="acgan's nets (the reference is always paper)")
     ap.add_argument("--compile", default="off", choices=("off", "on"))
     ap.add_argument("--skip_reference", action="store_true")
+    ap.add_argument("--all_precisions", action="store_true", help="also time every fixed precision")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -151,16 +199,25 @@ def main() -> None:
                                torch.randint(0, 10, (50_000,), generator=gen), tuple(f"c{i}" for i in range(10)))
     else:
         dataset = load_dataset("cifar10", a.data)
-    precision = resolve_precision(a.precision, device)
+    precision = auto_precision(a.arch, a.batch_size, dataset.num_classes, device) if a.precision == "auto" \
+        else resolve_precision(a.precision, device)
     # acgan first: the reference's DataLoader worker processes would otherwise linger beside it
     ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision, a.arch, a.compile)
+    fixed = {p: round(acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, p, a.arch, a.compile), 1)
+             for p in ("fp32", "bf16")} if a.all_precisions else {}
     ref = None if a.skip_reference else reference_loop(dataset, a.steps, a.warmup, device, a.batch_size)
+    rates = {p: matmul_gflops(p, device) for p in ("fp32", "bf16")}
+    gflop = step_gflop_per_image(a.arch, a.batch_size, dataset.num_classes, device)
+    limit = max(rates.values()) / gflop
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else "cpu", "threads": torch.get_num_threads(), "precision": precision, "arch": a.arch,
+              else cpu_name(), "threads": torch.get_num_threads(), "precision": precision, "arch": a.arch,
               "compile": a.compile, "batch_size": a.batch_size,
               "steps": a.steps, "data": "synthetic" if a.data == "synthetic" else "cifar10",
               "reference_images_per_s": None if ref is None else round(ref, 1),
               "acgan_images_per_s": round(ours, 1), "ratio": None if ref is None else round(ours / ref, 2),
+              "fixed_precision_images_per_s": fixed,
+              "matmul_gflops": {p: round(r, 1) for p, r in rates.items()}, "step_gflop_per_image": round(gflop, 4),
+              "limit_images_per_s": round(limit, 1), "fraction_of_limit": round(ours / limit, 3),
               "peak_rss_mb": round(_peak_rss_mb()),
               "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None}
     if a.json:
@@ -172,8 +229,13 @@ def main() -> None:
         print(f"reference (seed-style, fp32):  {ref:8.1f} images/s")
     label = f"acgan ({a.arch}, {precision}{', compiled' if a.compile == 'on' else ''}):"
     print(f"{label:<30}{ours:8.1f} images/s")
+    for p, ips in fixed.items():
+        print(f"{'acgan (' + a.arch + ', ' + p + ' fixed):':<30}{ips:8.1f} images/s")
     if ref is not None:
         print(f"ratio: {ours / ref:.2f}x")
+    figures = ", ".join(f"{p} {r:.0f}" for p, r in rates.items())
+    print(f"limit: best matmul {max(rates.values()):.0f} GFLOP/s ({figures}) / {gflop:.3f} GFLOP per image = "
+          f"{limit:.0f} images/s; acgan reaches {ours / limit:.2f} of it")
     print(f"peak RSS {result['peak_rss_mb']} MB" + (f", peak CUDA {result['peak_cuda_mb']} MB"
                                                    if device.type == "cuda" else ""))
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from acgan.errors import UserError
+from acgan.storage import os_error_in, write_error
 
 RUN_DIR_RE = re.compile(r"^(\d{5})-")
 CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
@@ -107,6 +108,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about what its file needs on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
 def atomic_save(state: dict[str, Any], path: Path) -> None:
     """Write to a temp file in the same directory, fsync, then rename: never a truncated file at `path`."""
     tmp = None
@@ -119,8 +131,10 @@ def atomic_save(state: dict[str, Any], path: Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as e:
-        raise UserError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+    except (OSError, RuntimeError) as e:
+        if (cause := os_error_in(e)) is None:
+            raise
+        raise write_error(path, cause, state_bytes(state)) from None
     finally:
         if tmp is not None:  # after a successful rename there is nothing left to remove
             Path(tmp).unlink(missing_ok=True)
@@ -153,7 +167,7 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
         _fsync_dir(ckpt_dir)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"wrote {path} but could not update last.pt: {e.strerror or e}") from None
+        raise write_error(ckpt_dir / "last.pt", e) from None
     for old in _numbered(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

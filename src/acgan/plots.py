@@ -54,8 +54,11 @@ def write_plots(stats_path: Path, plots_dir: Path) -> list[Path]:
         ax.legend(loc="best")
         fig.tight_layout()
         tmp = plots_dir / f".{filename}.tmp.png"
-        fig.savefig(tmp)
-        plt.close(fig)
-        os.replace(tmp, plots_dir / filename)  # a viewer never sees a half-written PNG
+        try:
+            fig.savefig(tmp)
+            os.replace(tmp, plots_dir / filename)  # a viewer never sees a half-written PNG
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)  # what a full disk left of it
         written.append(plots_dir / filename)
     return written

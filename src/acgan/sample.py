@@ -39,8 +39,11 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
     """Write a uint8 (N, 3, H, W) batch as one PNG grid, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(make_grid(images, nrow)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # what a full disk left of it
     return path
 
 

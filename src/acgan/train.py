@@ -18,7 +18,6 @@ from acgan.checkpoint import (
     load_checkpoint,
     new_run_dir,
     resolve_resume,
-    save_checkpoint,
 )
 from acgan.config import TrainConfig, merge_resumed_config, write_config_json
 from acgan.data import EpochSampler, ImageDataset, load_dataset
@@ -27,6 +26,8 @@ from acgan.models import count_parameters
 from acgan.precision import autocast, choose_precision, describe_choice, probe_key
 from acgan.runlog import RunLog, real_grid
 from acgan.sample import class_grid_inputs, save_grid
+from acgan.saver import Saver
+from acgan.storage import WriteError, check_writable_dir, warn
 from acgan.trainer import (
     D_STAT_KEYS,
     G_STAT_KEYS,
@@ -50,6 +51,28 @@ def load_train_data(config: TrainConfig, info: dist_utils.DistInfo) -> ImageData
             load_dataset(config.dataset, config.root_dir, download=True, **kwargs)
         dist_utils.barrier()
     return load_dataset(config.dataset, config.root_dir, download=config.download, **kwargs)
+
+
+def _run_parent(config: TrainConfig, ckpt_path: Path | None) -> Path:
+    """The folder a run's files will be written in: the resumed run's own directory, else --outdir."""
+    if ckpt_path is not None and ckpt_path.parent.name == "checkpoints":
+        owner = ckpt_path.resolve().parent.parent
+        if (owner / "config.json").is_file():
+            return owner
+    return Path(config.outdir)
+
+
+def check_outdir(config: TrainConfig, ckpt_path: Path | None, info: dist_utils.DistInfo) -> None:
+    """Refuse an --outdir that cannot be created or written, before any data is loaded; every rank stops."""
+    problem = None
+    if info.is_main:
+        try:
+            check_writable_dir(_run_parent(config, ckpt_path))
+        except UserError as e:
+            problem = str(e)
+    problem = dist_utils.broadcast_object(problem, info)
+    if problem:
+        raise UserError(str(problem))
 
 
 def prepare_run_dir(config: TrainConfig, ckpt_path: Path | None, info: dist_utils.DistInfo) -> Path:
@@ -187,6 +210,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     elif config.resume == "auto" and info.is_main:
         print(f"--resume auto: no checkpoint under {config.outdir}, starting a new run")
     config = config.resolved()  # the arch's recipe filled in: config.json records what really runs
+    check_outdir(config, ckpt_path, info)
     torch.manual_seed(config.seed * info.world_size + info.rank)  # per-rank noise and dropout streams
     dataset = load_train_data(config, info)
     if state is not None and tuple(state["class_names"]) != dataset.class_names:
@@ -217,22 +241,29 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     log = RunLog(run_dir, info.is_main, tr.step)
     z_fixed, y_fixed = (t.to(device) for t in class_grid_inputs(K, SAMPLES_PER_CLASS, config.nz, config.seed))
     if info.is_main and tr.step == 0:
-        save_grid(real_grid(dataset, SAMPLES_PER_CLASS), run_dir / "samples" / "reals.png", SAMPLES_PER_CLASS)
+        reals = run_dir / "samples" / "reals.png"
+        log.attempt("real images grid", reals, lambda: save_grid(real_grid(dataset, SAMPLES_PER_CLASS), reals,
+                                                                 SAMPLES_PER_CLASS))
     amp = autocast(device, precision)
     evaluate = make_evaluator(config, dataset, device, info)
 
-    def save() -> Path | None:
-        if not info.is_main:
+    saver = Saver(run_dir, info, config.keep_ckpts)
+
+    def save(final: bool) -> Path | None:
+        if not _finite({}, tr):  # never save what rollback would reload; DDP keeps every rank's weights equal
+            if info.is_main:
+                print(f"\nnot writing a checkpoint at step {tr.step}: the weights are not finite")
             return None
-        if not _finite({}, tr):  # weights only, between divergence checks: never save what rollback would reload
-            print(f"\nnot writing a checkpoint at step {tr.step}: the weights are not finite")
-            return None
-        return save_checkpoint(trainer_state(tr, config, dataset.class_names, info.world_size), run_dir,
-                               tr.step, config.keep_ckpts)
+        nxt = min(total, (tr.step // config.ckpt_every + 1) * config.ckpt_every)
+        return saver.save(lambda: trainer_state(tr, config, dataset.class_names, info.world_size), tr.step,
+                          final=final, next_step=nxt)
 
     def save_best() -> None:
         state = trainer_state(tr, config, dataset.class_names, info.world_size)
-        atomic_save({**state, "format_version": FORMAT_VERSION}, run_dir / "checkpoints" / "best.pt")
+        try:
+            atomic_save({**state, "format_version": FORMAT_VERSION}, run_dir / "checkpoints" / "best.pt")
+        except WriteError as e:
+            warn(f"best.pt not updated at step {tr.step}, training goes on: {e}")
 
     opts = StepOptions.from_config(config, K)
     num_d_keys = len(D_STAT_KEYS)
@@ -278,7 +309,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
                 if not info.distributed:
                     stopped = stop.requested
                 if tr.step % config.ckpt_every == 0 or last or stopped:
-                    save()
+                    save(final=last or stopped)
                 if last or stopped:
                     break
     log.close()

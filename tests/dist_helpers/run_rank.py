@@ -1,5 +1,6 @@
 """`python -m acgan ...` for one torchrun rank, plus test-side extras: dump this rank's final parameters, or
-make one rank fail or stall mid-run. Usage: run_rank.py [--dump DIR] [--fail|--stall RANK:STEP] ACGAN_ARGS...
+make one rank fail or stall mid-run, or fill the disk. Usage: run_rank.py [--dump DIR] [--fail|--stall RANK:STEP]
+[--disk_full_from STEP] ACGAN_ARGS...
 """
 
 from __future__ import annotations
@@ -54,12 +55,27 @@ def _inject(action: Callable[[], None], rank: int, step: int) -> None:
     acgan.train.train_step = injected
 
 
+def _disk_full_from(step: int) -> None:
+    """Checkpoints of this step and later find no space left (on whichever rank writes them)."""
+    import errno
+
+    save = torch.save
+
+    def full(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if isinstance(obj, dict) and int(obj.get("step", -1)) >= step:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, f, *args, **kwargs)
+
+    torch.save = full
+
+
 def run(argv: list[str]) -> int:
     """Parse the extras, run the acgan CLI, dump weights if asked; returns the CLI's exit code."""
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--dump", type=Path)
     parser.add_argument("--fail", help="RANK:STEP: raise a UserError there")
     parser.add_argument("--stall", help="RANK:STEP: block there until killed")
+    parser.add_argument("--disk_full_from", type=int, help="STEP: checkpoints from this step on find the disk full")
     extras, acgan_args = parser.parse_known_args(argv)
     box: dict = {}
     _capture_trainer(box)
@@ -67,6 +83,8 @@ def run(argv: list[str]) -> int:
         if where:
             rank, step = (int(v) for v in where.split(":"))
             _inject(action, rank, step)
+    if extras.disk_full_from is not None:
+        _disk_full_from(extras.disk_full_from)
     code = main(acgan_args)
     if extras.dump is not None and code == 0:
         tr = box["trainer"]
