@@ -352,3 +352,29 @@ def test_real_full_inception_and_agreement_with_the_features_only_copy():
     if _real(PYPI_FEATURES) is not None:
         other = load_detector(_real(PYPI_FEATURES), batch_size=4)
         torch.testing.assert_close(other.features(x), feats, rtol=1e-4, atol=1e-4)
+
+
+def test_an_interrupted_feature_pass_resumes_where_it_stopped(both_formats, tmp_path, monkeypatch):
+    _, features = both_formats  # batch size 5
+    x = _images(23, seed=9)
+    whole = features.features(x)
+    partial = tmp_path / "feats.partial.npy"
+    monkeypatch.setattr("acgan.metrics.detector.PARTIAL_EVERY", 2)
+    calls = []
+    real = features._features
+
+    def dies_after_three_batches(batch):
+        calls.append(batch.shape[0])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(batch)
+
+    monkeypatch.setattr(features, "_features", dies_after_three_batches)
+    with pytest.raises(KeyboardInterrupt):
+        features.features(x, partial=partial)
+    assert partial.is_file()  # 2 batches (10 images) were kept
+    monkeypatch.setattr(features, "_features", real)
+    seen = []
+    monkeypatch.setattr(features, "_features", lambda b: seen.append(b.shape[0]) or real(b))
+    torch.testing.assert_close(features.features(x, partial=partial), whole)
+    assert sum(seen) == 13 and not partial.exists()  # only the 13 images not done before; nothing left behind

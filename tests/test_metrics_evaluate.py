@@ -80,9 +80,9 @@ class CountingDetector(Detector):
 
     seen = 0
 
-    def features(self, images, progress=None):
+    def features(self, images, progress=None, partial=None):
         self.seen += images.shape[0]
-        return super().features(images, progress)
+        return super().features(images, progress, partial)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,12 @@ Two files hold the same network and are told apart by their call signature, not 
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +28,7 @@ from acgan.metrics.detector_files import file_sha256
 
 INCEPTION_SIZE = 299
 EVAL_BATCH = 250  # images per detector call: large enough for efficient convolutions, small enough for 8 GB
+PARTIAL_EVERY = 8  # batches between saves of a long feature pass (2,000 images: minutes on a CPU)
 
 
 def nvlabs_preprocess(images: Tensor) -> Tensor:
@@ -75,14 +78,14 @@ class Detector:
         """True when the detector can give class probabilities (the Inception Score needs them)."""
         return self.kind == "full"
 
-    def _batches(self, images: Tensor, progress: str | None = None) -> Iterator[Tensor]:
+    def _batches(self, images: Tensor, progress: str | None = None, initial: int = 0) -> Iterator[Tensor]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"detector wants uint8 (N, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
         starts = range(0, images.shape[0], self.batch_size)
         if progress is not None:
             from tqdm import tqdm
 
-            bar = tqdm(total=images.shape[0], desc=progress, unit="img", dynamic_ncols=True)
+            bar = tqdm(total=initial + images.shape[0], initial=initial, desc=progress, unit="img", dynamic_ncols=True)
         for start in starts:
             batch = images[start:start + self.batch_size].to(self.device)
             # Inception is an RGB network; grey images go in as three equal channels.
@@ -95,12 +98,26 @@ class Detector:
     def _features(self, batch: Tensor) -> Tensor:
         if self.kind == "full":
             return self.module(batch, return_features=True)
-        return self.module(nvlabs_preprocess(batch))
+        x = nvlabs_preprocess(batch)  # (B, 3, 299, 299)
+        # channels-last lets oneDNN skip a layout reorder around every convolution: about 20% faster on a CPU
+        return self.module(x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x)
 
     @torch.no_grad()
-    def features(self, images: Tensor, progress: str | None = None) -> Tensor:
-        """Pool features of uint8 (N, 3, H, W) images, float32 on the CPU; a progress bar when `progress` names it."""
-        out = [self._features(b).float().cpu() for b in self._batches(images, progress)]
+    def features(self, images: Tensor, progress: str | None = None, partial: Path | None = None) -> Tensor:
+        """Pool features of uint8 (N, 3, H, W) images, float32 on the CPU; a progress bar when `progress` names it.
+
+        With `partial`, what is done is kept there every few thousand images and a later call with the same
+        images picks up from it: on a CPU the 50,000 CIFAR-10 training images are hours of work.
+        """
+        done = _load_partial(partial, images.shape[0]) if partial is not None else None
+        out = [done] if done is not None else []
+        start = 0 if done is None else done.shape[0]
+        for i, b in enumerate(self._batches(images[start:], progress, initial=start)):
+            out.append(self._features(b).float().cpu())
+            if partial is not None and (i + 1) % PARTIAL_EVERY == 0:
+                _save_partial(partial, torch.cat(out))
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         return torch.cat(out) if out else torch.empty(0, 0)  # (N, 2048)
 
     @torch.no_grad()
@@ -134,6 +151,25 @@ class Detector:
         output = getattr(self.module, "output", None)
         weight = getattr(output, "weight", None) if output is not None else None
         return weight.detach().cpu() if isinstance(weight, Tensor) and weight.ndim == 2 else None
+
+
+def _load_partial(path: Path, total: int) -> Tensor | None:
+    """Features saved by an interrupted pass over the same images (None when there are none or they do not fit)."""
+    try:
+        done = torch.from_numpy(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError):
+        return None
+    return done if done.ndim == 2 and done.shape[0] <= total else None
+
+
+def _save_partial(path: Path, features: Tensor) -> None:
+    """Write the features so far atomically; a cache that cannot be written only loses the head start."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, features.numpy())
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from acgan.errors import UserError
 from acgan.metrics.cacc import ImageClassifier, classifier_accuracy
-from acgan.metrics.cache import cached
+from acgan.metrics.cache import cached, stats_path
 from acgan.metrics.detector import Detector
 from acgan.metrics.fid import feature_statistics, frechet_distance, intra_class_fid
 from acgan.metrics.inception_score import inception_score
@@ -86,6 +86,12 @@ def collect_fakes(
 ) -> FakeSet:
     """One streaming pass: detector and classifier outputs for every batch, the first images of each class."""
     out = FakeSet()
+    bar = None
+    if detector is not None:  # the Inception pass is the slow part: minutes on a CPU
+        from tqdm import tqdm
+
+        total = fake_images[0].shape[0] if isinstance(fake_images, tuple) else None
+        bar = tqdm(total=total, desc="images scored", unit="img", dynamic_ncols=True)
     for images, labels in _fake_batches(fake_images, batch_size):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"generated images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -107,6 +113,10 @@ def collect_fakes(
             room = pool_per_class - out.pool_size(c)
             if room > 0:
                 out.pools.setdefault(c, []).append(images[labels == c][:room].clone())
+        if bar is not None:
+            bar.update(images.shape[0])
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -121,7 +131,9 @@ def _real_features_loader(detector: Detector, real_images: Tensor, real_key: str
 
     def compute() -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        feats = detector.features(real_images, progress=f"features of {n} real images (once, then cached)")
+        partial = stats_path(parts, cache_dir).with_suffix(".partial.npy") if cache_dir is not None else None
+        feats = detector.features(real_images, progress=f"features of {n} real images (once, then cached)",
+                                  partial=partial)
         seconds = time.perf_counter() - start
         print(f"real features: {n} images in {seconds:.0f} s ({n / seconds:.1f} images/s)", file=sys.stderr)
         return {"features": feats.numpy()}
@@ -179,6 +191,7 @@ def compute_metrics(
     metrics: Sequence[str], *, fake_images: FakeSource, real_images: Tensor, real_labels: Tensor,
     num_classes: int, detector: Detector | None, real_key: str, cache_dir: Path | None,
     batch_size: int = 250, settings: MetricSettings | None = None, classifier: ImageClassifier | None = None,
+    fake_key: str | None = None,
 ) -> dict[str, float]:
     """Flat dict of the requested metrics (fid, is_mean, kid_mean, cacc, ...) plus `num_fake` and `num_real`."""
     names, cfg = parse_metrics(metrics), settings or MetricSettings()
@@ -188,7 +201,10 @@ def compute_metrics(
         raise UserError(f"metrics {','.join(m for m in names if m in _DETECTOR_METRICS)} need a feature detector")
     if classifier is None and "cacc" in names:
         raise UserError("metric cacc needs a classifier (train one with `acgan classifier train`)")
-    fakes = collect_fakes(fake_images, detector, want_features=bool(_FEATURE_METRICS.intersection(names)),
+    want_features = bool(_FEATURE_METRICS.intersection(names))
+    # a second real set (fake_key names it) gets its features from the same resumable cache as the reference
+    cached_fakes = fake_key is not None and isinstance(fake_images, tuple) and detector is not None and want_features
+    fakes = collect_fakes(fake_images, detector, want_features=want_features and not cached_fakes,
                           want_probs="is" in names, pool_per_class=cfg.msssim_pool if "msssim" in names else 0,
                           batch_size=batch_size, classifier=classifier if "cacc" in names else None)
     fake_labels = torch.cat(fakes.labels).numpy() if fakes.labels else np.zeros(0, np.int64)
@@ -200,7 +216,10 @@ def compute_metrics(
         real_feat = _real_features_loader(detector, real_images, real_key, cache_dir)
         parts = {"dataset": real_key, "detector": detector.name, "num_images": int(real_images.shape[0])}
         fid_stats = functools.partial(_real_fid_stats, real_feat, parts, cache_dir)
-        fake_feat = torch.cat(fakes.features).numpy()  # (N_fake, D)
+        if cached_fakes:
+            fake_feat = _real_features_loader(detector, fake_images[0], str(fake_key), cache_dir)()
+        else:
+            fake_feat = torch.cat(fakes.features).numpy()  # (N_fake, D)
         results.update(_feature_results(names, fake_feat, fake_labels, real_feat, real_labels.numpy(),
                                         fid_stats, num_classes, cfg))
     if "is" in names:

@@ -120,7 +120,7 @@ def evaluate_datasets(candidate: ImageDataset, reference: ImageDataset, metrics:
                            real_images=reference.images, real_labels=reference.labels,
                            num_classes=max(candidate.num_classes, reference.num_classes), detector=detector,
                            real_key=reference.content_hash(), cache_dir=default_cache_dir(), batch_size=batch_size,
-                           classifier=classifier)
+                           classifier=classifier, fake_key=candidate.content_hash())
 
 
 def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_size: int,
