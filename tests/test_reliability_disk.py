@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_distributed import TRAIN_ARGS, _torchrun
 
 import acgan.runlog
 import acgan.train
 from acgan.checkpoint import load_checkpoint
 from acgan.cli import main
-from test_distributed import TRAIN_ARGS, _torchrun
 
 CLI_SMALL = ["train", "--dataset", "shapes", "--batch_size", "16", "--num_workers", "0", "--sample_every", "2",
              "--log_every", "2", "--ckpt_every", "2", "--device", "cpu", "--precision", "fp32"]

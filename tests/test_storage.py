@@ -65,7 +65,7 @@ def test_best_effort_warns_once_while_failing_and_once_when_it_works_again(tmp_p
     assert len(lines) == 2 and "plots not written, training goes on: could not write" in lines[0]
     assert "No space left on device" in lines[0] and "plots written again" in lines[1]
     with pytest.raises(FileNotFoundError):  # not the disk's fault: a bug, not a warning
-        attempt("plots", tmp_path, lambda: open(tmp_path / "missing" / "x"))
+        attempt("plots", tmp_path, (tmp_path / "missing" / "x").read_text)
 
 
 def test_an_unwritable_folder_is_refused_in_one_line(tmp_path: Path) -> None:
