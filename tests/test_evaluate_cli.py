@@ -92,3 +92,25 @@ def test_evaluate_checkpoint_scores_cacc_with_a_given_classifier(run_and_detecto
     results = json.loads(out.read_text())
     assert 0 <= results["cacc"] <= 1 and results["cacc_real_test"] == 0.5 and results["num_fake"] == 100
     assert sum(1 for k in results if k.startswith("cacc_class_")) == len(SHAPE_NAMES)
+
+
+def test_a_full_disk_at_the_json_loses_no_numbers_and_says_so_in_one_line(run_and_detector, capsys, monkeypatch,
+                                                                          tmp_path):
+    import errno
+
+    monkeypatch.setenv("ACGAN_CACHE", str(tmp_path / "cache"))
+    _, detector = run_and_detector
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("acgan.metrics.evaluate.tempfile.mkstemp", full_disk)
+    out = tmp_path / "m.json"
+    code = main(["evaluate", "--real", "unused", "--real_dataset", "shapes", "--real_split", "test",
+                 "--dataset", "shapes", "--detector", str(detector), "--out", str(out)])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line]  # progress bars share stderr
+    assert code == 1 and not out.exists()
+    assert any(line.startswith("fid") for line in captured.out.splitlines())  # the numbers were printed first
+    assert len(errors) == 1 and errors[0].startswith("acgan evaluate: error: could not write")
+    assert str(out) in errors[0] and "No space left on device" in errors[0] and "needs about" in errors[0]

@@ -276,10 +276,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         default_out = Path("metrics.json")
     seconds = time.perf_counter() - start
     out = _unused_path(args.out or default_out)
-    write_json(results, out)
+    # printed first: a disk that refuses the JSON must not take the numbers with it
     print(format_table(results))
     print(f"{int(results['num_fake'])} images generated and scored in {seconds:.1f} s "
           f"({results['num_fake'] / seconds:.0f} images/s on {device}, real statistics included)")
+    write_json(results, out)
     print(f"wrote {out}")
     return 0
 

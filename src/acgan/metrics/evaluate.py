@@ -26,6 +26,7 @@ from acgan.metrics.inception_score import inception_score
 from acgan.metrics.kid import kernel_inception_distance
 from acgan.metrics.msssim import class_diversity
 from acgan.metrics.precision_recall import precision_recall
+from acgan.storage import is_storage_error, write_error
 
 FakeSource = Callable[[int], Iterator[tuple[Tensor, Tensor]]] | tuple[Tensor, Tensor]
 
@@ -296,16 +297,24 @@ def _format_value(key: str, v: float) -> str:
 
 
 def write_json(results: Mapping[str, float], path: Path) -> None:
-    """Write results as JSON atomically (temp file + rename); NaN becomes null so the file stays valid."""
+    """Write results as JSON atomically (temp file + rename); NaN becomes null so the file stays valid.
+
+    A full or read-only disk is a WriteError: one line naming the file, the reason, the bytes and the free space.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    text = json.dumps(clean, indent=2, sort_keys=False) + "\n"
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump(clean, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        if not is_storage_error(e):
+            raise
+        raise write_error(path, e, len(text.encode())) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)  # gone after the rename; what a failed write left otherwise
