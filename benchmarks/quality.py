@@ -5,8 +5,9 @@
 1. Takes the cacc classifier given by --classifier, or trains one into --outdir (`acgan classifier train`).
 2. Runs `acgan train` and stops it with SIGTERM after --minutes (a graceful stop: the last checkpoint is
    written at the step it reached), so every recipe gets the same wall-clock budget on the same machine.
-3. Runs `acgan evaluate` on that checkpoint: cacc always; FID and IS as well when --detector is given or the
-   Inception weights are cached. Prints the row for the README's results table and writes it as JSON.
+3. Runs `acgan evaluate` on that checkpoint: cacc and MS-SSIM always; with --detector also FID, KID,
+   precision/recall and intra-class FID, and IS when the detector has logits (the full NVlabs file, not the
+   features-only copy). Prints the row for the README's results table and writes it as JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def _cpu_name() -> str:
     return f"CPU ({names[0] if names else platform.processor() or 'unknown'}, {os.cpu_count()} cores)"
 
 
+def metrics_for(detector: str | None) -> str:
+    """What to measure: IS only with a detector that has logits (the features-only file has none)."""
+    if not detector:
+        return "cacc,msssim"
+    from acgan.metrics.detector import load_detector
+
+    has_logits = load_detector(Path(detector)).kind == "full"
+    return "cacc,msssim,fid,kid,pr,ifid" + (",is" if has_logits else "")
+
+
+ROW_METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "ifid_mean", "cacc", "msssim_fake_mean")
+
+
 def main() -> None:
     """Train, evaluate, print the row."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,7 +78,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--outdir", default="runs/quality")
     ap.add_argument("--num_samples", type=int, default=10_000)
-    ap.add_argument("--detector", help="inception-2015-12-05.pt: adds FID and IS")
+    ap.add_argument("--detector", help="an Inception file (`acgan detector fetch`): adds FID, KID, pr, ifid (IS too "
+                    "with the full NVlabs file)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--classifier", help="from `acgan classifier train` (default: train one into --outdir)")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
@@ -78,7 +93,7 @@ def main() -> None:
     seconds = train_for(a.minutes, [*data, "--arch", a.arch, "--outdir", a.outdir, "--device", a.device,
                                     "--num_epochs", "100000", *a.train_args])
     (run_dir,) = set(Path(a.outdir).glob("0*")) - before
-    metrics = "cacc,fid,is" if a.detector else "cacc"
+    metrics = metrics_for(a.detector)
     out = run_dir / "metrics" / "quality.json"
     cmd = _acgan("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", metrics,
                  "--num_samples", str(a.num_samples), "--classifier", str(classifier), "--device", a.device,
@@ -93,11 +108,12 @@ def main() -> None:
               f"n_dis {config['n_dis']}, batch {config['batch_size']}, lr {config['lr_d']}/{config['lr_g']}")
     hardware = config["resolved_device"] if config["resolved_device"] != "cpu" else _cpu_name()
     row = {"arch": config["arch"], "recipe": recipe, "steps": step, "hardware": hardware,
-           "minutes": round(seconds / 60, 1), "fid": results.get("fid"), "is": results.get("is_mean"),
-           "cacc": results.get("cacc"), "cacc_real_test": results.get("cacc_real_test")}
+           "minutes": round(seconds / 60, 1), "num_samples": a.num_samples,
+           **{k: results.get(k) for k in ROW_METRICS}, "cacc_real_test": results.get("cacc_real_test")}
     (run_dir / "metrics" / "quality-row.json").write_text(json.dumps(row, indent=2) + "\n")
     cells = [row["arch"], recipe, str(step), hardware, f"{row['minutes']} min",
-             *(f"{v:.3f}" if isinstance(v, float) else "not measured" for v in (row["fid"], row["is"], row["cacc"]))]
+             *(f"{row[k]:.4g}" if isinstance(row[k], float) else "not measured" for k in ROW_METRICS)]
+    print("| " + " | ".join(["arch", "recipe", "steps", "hardware", "time", *ROW_METRICS]) + " |")
     print("| " + " | ".join(cells) + " |")
 
 
