@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_seed(seed: int, steps: int, every: int, outdir: Path, extra: list[str]) -> Path:
     """Run the test's `acgan train` for one seed in a one-thread subprocess; returns its checkpoints folder."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from test_learning import TRAIN_FLAGS
 
     run_root = outdir / f"seed{seed}"
@@ -68,10 +67,10 @@ def main() -> None:
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.outdir.exists():
         sys.exit(f"{args.outdir} exists: choose a new --outdir (runs are never overwritten)")
+    sys.path.insert(0, str(ROOT / "tests"))  # the test's flags and judge, imported rather than copied
     with ThreadPoolExecutor(args.parallel) as pool:
         dirs = list(pool.map(lambda s: train_seed(s, args.steps, args.every, args.outdir, extra), args.seeds))
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from test_learning import _judge
 
     torch.set_num_threads(1)  # the judge the test trains on its one thread: another thread count, another judge
