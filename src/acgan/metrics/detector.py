@@ -29,6 +29,10 @@ from acgan.metrics.detector_files import file_sha256
 INCEPTION_SIZE = 299
 EVAL_BATCH = 250  # images per detector call: large enough for efficient convolutions, small enough for 8 GB
 PARTIAL_EVERY = 8  # batches between saves of a long feature pass (2,000 images: minutes on a CPU)
+# On a CPU, a batch of 250 at 299x299 needs GB-sized activation buffers that are mapped and faulted in anew on
+# every call, so the kernel's page handling, not the convolutions, takes most of the time; a few images per
+# call keep the buffers small and reused (see docs/performance.md for the measured speeds).
+CPU_CHUNK = 8
 
 
 def nvlabs_preprocess(images: Tensor) -> Tensor:
@@ -95,11 +99,17 @@ class Detector:
         if progress is not None:
             bar.close()
 
+    def _chunks(self, batch: Tensor) -> list[Tensor]:
+        return list(batch.split(CPU_CHUNK)) if batch.device.type == "cpu" else [batch]
+
     def _features(self, batch: Tensor) -> Tensor:
+        return torch.cat([self._chunk_features(b) for b in self._chunks(batch)])  # (B, 2048)
+
+    def _chunk_features(self, batch: Tensor) -> Tensor:
         if self.kind == "full":
             return self.module(batch, return_features=True)
         x = nvlabs_preprocess(batch)  # (B, 3, 299, 299)
-        # channels-last lets oneDNN skip a layout reorder around every convolution: about 20% faster on a CPU
+        # channels-last lets oneDNN skip a layout reorder around every convolution
         return self.module(x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x)
 
     @torch.no_grad()
@@ -124,8 +134,8 @@ class Detector:
     def probabilities(self, images: Tensor) -> Tensor:
         """Class probabilities for the Inception Score (output layer without bias, as the original IS)."""
         self.require_logits()
-        out = [self.module(b, return_features=False, no_output_bias=True).double().cpu()
-               for b in self._batches(images)]
+        out = [self.module(c, return_features=False, no_output_bias=True).double().cpu()
+               for b in self._batches(images) for c in self._chunks(b)]
         return torch.cat(out) if out else torch.empty(0, 0)  # (N, 1008)
 
     @torch.no_grad()
