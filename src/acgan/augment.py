@@ -14,24 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-AUGMENT_POLICIES = ("color", "translation", "cutout")
+from acgan.config import parse_diffaug
 
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
-
-
-def parse_policy(policy: str) -> tuple[str, ...]:
-    """Comma-separated augmentation names -> tuple, validated; "" or "none" means no augmentation."""
-    text = policy.strip().lower()
-    if text in ("", "none"):
-        return ()
-    names = tuple(name.strip() for name in text.split(","))
-    unknown = [name for name in names if name not in AUGMENT_POLICIES]
-    if unknown:
-        raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(AUGMENT_POLICIES)} or 'none'")
-    if len(set(names)) != len(names):
-        raise ValueError(f"augmentation policy {policy!r} names a transform twice")
-    return names
 
 
 def _uniform(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -88,8 +74,11 @@ def _cutout(x: torch.Tensor) -> torch.Tensor:
 _TRANSFORMS = {"color": _color, "translation": _translation, "cutout": _cutout}
 
 
-def diff_augment(x: torch.Tensor, policy: str = "color,translation,cutout") -> torch.Tensor:
-    """Apply the policy's transforms in order to a batch (B, C, H, W); same shape and dtype, differentiable."""
-    for name in parse_policy(policy):
+def diff_augment(x: torch.Tensor, policy: str | tuple[str, ...] = ("color", "translation", "cutout")) -> torch.Tensor:
+    """Apply the policy's transforms in order to a batch (B, C, H, W); same shape and dtype, differentiable.
+
+    `policy` is a parsed tuple (what the training step passes, parsed once per run) or a --diffaug string.
+    """
+    for name in parse_diffaug(policy) if isinstance(policy, str) else policy:
         x = _TRANSFORMS[name](x)
     return x

@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-Stats = dict[str, torch.Tensor]
+from acgan.config import CLASS_LOSSES, SOURCE_LOSSES
 
-SOURCE_LOSSES = ("bce", "hinge")
-CLASS_LOSSES = ("ce", "ce_real", "d2dce")
+Stats = dict[str, torch.Tensor]
 
 # ReACGAN's settings (PyTorch-StudioGAN configs, e.g. CIFAR10/ReACGAN.yaml: temperature 0.5, m_p 0.98); the
 # negative margin is 1 - m_p, as StudioGAN's Data2DataCrossEntropyLoss computes it (cos + m_p - 1).

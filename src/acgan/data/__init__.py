@@ -3,13 +3,13 @@
 from acgan.data.cifar import CIFAR_DOWNLOADS, download_cifar, load_cifar
 from acgan.data.dataset import ImageDataset, resize_images
 from acgan.data.folder import load_folder
-from acgan.data.load import DATASET_NAMES, load_dataset
+from acgan.data.load import DATASETS, load_dataset
 from acgan.data.sampler import EpochSampler
 from acgan.data.shapes import SHAPE_NAMES, load_shapes, make_shapes
 
 __all__ = [
     "CIFAR_DOWNLOADS",
-    "DATASET_NAMES",
+    "DATASETS",
     "SHAPE_NAMES",
     "EpochSampler",
     "ImageDataset",

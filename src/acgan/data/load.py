@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from acgan.config import DATASETS
 from acgan.data.cifar import CIFAR_SPECS, load_cifar
 from acgan.data.dataset import ImageDataset, resize_images
 from acgan.data.folder import load_folder
 from acgan.data.shapes import load_shapes
 from acgan.errors import UserError
 
-DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "folder", "shapes")
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
 def load_dataset(name: str, root_dir: str | Path | None, *, split: str = "train", image_size: int = 32,
                  num_workers: int = 0, download: bool = False, seed: int = 0) -> ImageDataset:
     """Load a dataset by name as square uint8 images of side image_size (seed matters only for shapes)."""
-    if name not in DATASET_NAMES:
-        raise UserError(f"unknown dataset {name!r}: use one of {', '.join(DATASET_NAMES)}")
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if image_size < 8:

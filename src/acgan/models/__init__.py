@@ -10,12 +10,11 @@ from types import ModuleType
 
 from torch import nn
 
+from acgan.config import ARCH_SPECS, ARCHS
 from acgan.errors import UserError
 from acgan.models import imagenet, paper, resnet, sndcgan
 from acgan.models.layers import BitDropout, CondBatchNorm2d, count_parameters, init_weights
 from acgan.models.paper import SUPPORTED_SIZES, Discriminator, Generator
-
-ARCHS = ("paper", "sndcgan", "resnet", "imagenet")
 
 __all__ = [
     "ARCHS",
@@ -31,16 +30,21 @@ __all__ = [
 ]
 
 
-def _module(arch: str) -> ModuleType:
-    """The module that defines --arch's Generator and Discriminator."""
+def _name(arch: str) -> str:
     if arch not in ARCHS:
         raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    return arch
+
+
+def _module(arch: str) -> ModuleType:
+    """The module that defines --arch's Generator and Discriminator."""
+    _name(arch)
     return {"paper": paper, "sndcgan": sndcgan, "resnet": resnet, "imagenet": imagenet}[arch]
 
 
 def build_generator(arch: str, nz: int, num_classes: int, image_size: int, *, cond_bn: bool = True) -> nn.Module:
     """An initialised G alone (sampling needs no D); cond_bn only applies to sndcgan and resnet."""
-    if arch in ("paper", "imagenet"):  # the paper's nets always concatenate the one-hot class to z
+    if ARCH_SPECS[_name(arch)].one_hot_g:  # the paper's nets always concatenate the one-hot class to z
         return _module(arch).Generator(nz, num_classes, image_size)
     return _module(arch).Generator(nz, num_classes, image_size, cond_bn=cond_bn)
 
@@ -53,6 +57,6 @@ def build_nets(
     if embed_dim is not None and embed_dim < 1:
         raise UserError(f"--embed_dim must be a positive integer, got {embed_dim}")
     G = build_generator(arch, nz, num_classes, image_size, cond_bn=cond_bn)
-    if arch in ("paper", "imagenet"):
+    if ARCH_SPECS[arch].d_dropout:
         return G, _module(arch).Discriminator(num_classes, image_size, dropout=d_dropout, embed_dim=embed_dim)
     return G, _module(arch).Discriminator(num_classes, image_size, embed_dim=embed_dim)

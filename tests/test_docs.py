@@ -1,0 +1,60 @@
+"""The documentation is part of the product: its flag reference is generated, and its links resolve."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _flags_md():
+    spec = importlib.util.spec_from_file_location("flags_md", ROOT / "scripts" / "flags_md.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flag_reference_is_what_the_parser_says():
+    text = (ROOT / "docs" / "flags.md").read_text()
+    assert text == _flags_md().render(), "docs/flags.md is stale: run python scripts/flags_md.py"
+
+
+def test_flag_reference_lists_every_train_flag():
+    from acgan.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = (ROOT / "docs" / "flags.md").read_text()
+    flags = [s for a in train._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    assert len(flags) > 30
+    assert all(f"`{f}" in text for f in flags)
+
+
+def test_flag_check_mode_reports_a_stale_page(tmp_path, monkeypatch, capsys):
+    module = _flags_md()
+    stale = tmp_path / "flags.md"
+    stale.write_text("# Flag reference\n")
+    monkeypatch.setattr(module, "FLAGS_MD", stale)
+    monkeypatch.setattr("sys.argv", ["flags_md.py", "--check"])
+    assert module.main() == 1
+    assert "out of date" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["flags_md.py"])
+    assert module.main() == 0 and stale.read_text() == module.render()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_local_link_resolves(page):
+    targets = [t.split("#")[0] for t in LINK.findall(page.read_text())]
+    local = [t for t in targets if t and not re.match(r"[a-z]+:", t)]
+    missing = [t for t in local if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links to missing files: {missing}"
+
+
+def test_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 220, f"README.md has {len(lines)} lines; the long material belongs in docs/"
