@@ -165,3 +165,31 @@ def test_d2dce_fake_loss_for_d_has_no_class_term():
     loss, stats = d_loss_fake(source, embed, _Y, loss="hinge", cls_loss="d2dce", proxies=_PROXIES)
     assert math.isclose(loss.item(), (1.0 + 4.0 + 0.0) / 3, rel_tol=1e-6)  # relu(1 + s) only
     assert "acc_fake" in stats and not loss.requires_grad  # the embedding is not part of D's fake loss
+
+
+def test_the_trainer_settles_the_objective_once():
+    from acgan.config import TrainConfig
+    from acgan.distributed import DistInfo
+    from acgan.trainer import build_trainer
+
+    cpu = torch.device("cpu")
+    d2d = build_trainer(TrainConfig(arch="sndcgan", cls_loss="d2dce", diffaug="translation,color"), 10, cpu, DistInfo())
+    obj = d2d.objective
+    assert obj.proxies is d2d.D_raw.proxies  # D's own parameter: optimizer steps and checkpoint loads reach it
+    assert (obj.source_loss, obj.augment, obj.d_learns_classes_from_fakes) == ("hinge", ("translation", "color"),
+                                                                               False)
+    paper = build_trainer(TrainConfig(), 10, cpu, DistInfo()).objective
+    assert (paper.source_loss, paper.cls_loss, paper.augment, paper.proxies) == ("bce", "ce", (), None)
+    assert paper.d_learns_classes_from_fakes
+    x = torch.rand(2, 3, 32, 32)
+    assert paper.view(x) is x and not torch.equal(obj.view(x), x)
+
+
+def test_objective_gives_what_the_loss_functions_give():
+    from acgan.losses import Objective
+
+    s, logits, y = torch.tensor([0.3, -1.0]), torch.randn(2, 4), torch.tensor([1, 3])
+    obj = Objective("hinge", "ce_real")
+    assert torch.equal(obj.d_real(s, logits, y)[0], d_loss_real(s, logits, y, loss="hinge")[0])
+    assert torch.equal(obj.d_fake(s, logits, y)[0], d_loss_fake(s, logits, y, loss="hinge", cls_loss="ce_real")[0])
+    assert torch.equal(obj.g(s, logits, y)[0], g_loss(s, logits, y, loss="hinge")[0])

@@ -18,9 +18,12 @@ G takes its class term on its fakes with every class loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from acgan.augment import diff_augment
 from acgan.config import CLASS_LOSSES, SOURCE_LOSSES
 
 Stats = dict[str, torch.Tensor]
@@ -127,3 +130,39 @@ def g_loss(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, lo
     total = _source_loss(source, loss, "gen") + _class_loss(class_out, y, proxies)
     stats = {"loss_G": total.detach(), "D_G_z2": torch.sigmoid(source.detach().float()).mean()}
     return total, stats
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """One run's ACGAN objective, chosen once: the step calls it without knowing which losses it holds.
+
+    `proxies` is D's own parameter of class proxies, bound here for d2dce (None otherwise), so the optimizer's
+    in-place updates and checkpoint loads reach it; `augment` is the parsed DiffAugment policy that every
+    image D sees goes through, real and generated alike.
+    """
+
+    source_loss: str = "bce"
+    cls_loss: str = "ce"
+    augment: tuple[str, ...] = ()
+    proxies: torch.Tensor | None = None
+
+    @property
+    def d_learns_classes_from_fakes(self) -> bool:
+        """True for the paper's `ce`: D's classifier also learns the class G was asked for from G's images."""
+        return self.cls_loss == "ce"
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """What D looks at: the images themselves, or their DiffAugment."""
+        return diff_augment(x, self.augment) if self.augment else x
+
+    def d_real(self, source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        """D's loss and statistics on real images."""
+        return d_loss_real(source, class_out, y, loss=self.source_loss, proxies=self.proxies)
+
+    def d_fake(self, source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        """D's loss and statistics on G's images."""
+        return d_loss_fake(source, class_out, y, loss=self.source_loss, cls_loss=self.cls_loss, proxies=self.proxies)
+
+    def g(self, source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        """G's loss and statistics on its own images."""
+        return g_loss(source, class_out, y, loss=self.source_loss, proxies=self.proxies)

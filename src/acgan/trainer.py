@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from acgan import distributed as dist_utils
-from acgan.augment import diff_augment
 from acgan.config import D2D_EMBED_DIM, TrainConfig, parse_diffaug
 from acgan.ema import ema_decay, make_ema, update_ema
 from acgan.errors import UserError
-from acgan.losses import d_loss_fake, d_loss_real, g_loss
+from acgan.losses import Objective
 from acgan.models import build_nets
 from acgan.precision import autocast, maybe_compile
 
@@ -26,21 +25,17 @@ G_STAT_KEYS = ("loss_G", "D_G_z2")
 
 @dataclass(frozen=True)
 class StepOptions:
-    """The per-step recipe, read once from the resolved config."""
+    """What a step draws and how G's EMA follows, read once from the resolved config (the losses are the Trainer's)."""
 
     nz: int
     num_classes: int
-    loss: str = "bce"
-    cls_loss: str = "ce"
-    augment: str = ""  # DiffAugment policy applied to every image D sees; "" = none
     ema_decay: float = 0.0
     ema_warmup: int = 0
 
     @classmethod
     def from_config(cls, config: TrainConfig, num_classes: int) -> StepOptions:
         """Options of a resolved config (see TrainConfig.resolved)."""
-        return cls(config.nz, num_classes, config.loss, config.cls_loss, ",".join(parse_diffaug(config.diffaug)),
-                   config.ema_decay, config.ema_warmup)
+        return cls(config.nz, num_classes, config.ema_decay, config.ema_warmup)
 
 
 @dataclass
@@ -53,6 +48,7 @@ class Trainer:
     opt_D: torch.optim.Optimizer
     G_raw: nn.Module
     D_raw: nn.Module
+    objective: Objective = field(default_factory=Objective)
     G_ema: nn.Module | None = None  # the moving average of G's weights that samples and metrics use
     step: int = 0
     epoch: int = 0
@@ -89,51 +85,59 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
 
         ids = [device.index] if device.type == "cuda" else None
         G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
-    return Trainer(G, D, opt_G, opt_D, G_raw, D_raw, G_ema)
+    return Trainer(G, D, opt_G, opt_D, G_raw, D_raw, build_objective(config, D_raw), G_ema)
 
 
-def _seen_by_D(x: torch.Tensor, opts: StepOptions) -> torch.Tensor:
-    """What D looks at: the images themselves, or their DiffAugment (the same policy for real and fake)."""
-    return diff_augment(x, opts.augment) if opts.augment else x
+def build_objective(config: TrainConfig, D_raw: nn.Module) -> Objective:
+    """The run's objective from its resolved config; d2dce binds D's class proxies once, here."""
+    proxies = D_raw.proxies if config.cls_loss == "d2dce" else None
+    return Objective(config.loss, config.cls_loss, parse_diffaug(config.diffaug), proxies)
 
 
 def train_step(tr: Trainer, x_real: torch.Tensor, y_real: torch.Tensor, opts: StepOptions,
                amp: contextlib.AbstractContextManager, update_G: bool = True) -> dict[str, torch.Tensor]:
     """One D update, then (if update_G) one G update; returns detached statistics (no host sync)."""
     B, device = x_real.shape[0], x_real.device
-    proxies = getattr(tr.D_raw, "proxies", None)  # class proxies of the d2dce head, else None
     z = torch.randn(B, opts.nz, device=device)  # (B, nz)
     y_fake = torch.randint(0, opts.num_classes, (B,), device=device)  # uniform over all classes
-    # (1) Update D: maximize L_S + L_C on real and on fake images
-    tr.opt_D.zero_grad(set_to_none=True)
-    with amp:
-        source, class_out = tr.D(_seen_by_D(x_real, opts))
-    loss_real, stats = d_loss_real(source, class_out, y_real, loss=opts.loss, proxies=proxies)
-    loss_real.backward()
-    with amp:
-        x_fake = tr.G(z, y_fake)  # (B, 3, S, S)
-        source, class_out = tr.D(_seen_by_D(x_fake.detach(), opts))
-    loss_fake, stats_fake = d_loss_fake(source, class_out, y_fake, loss=opts.loss, cls_loss=opts.cls_loss,
-                                        proxies=proxies)
-    loss_fake.backward()
-    tr.opt_D.step()
-    stats.update(stats_fake)
+    stats, x_fake = d_update(tr, x_real, y_real, z, y_fake, amp)
     if update_G:
-        stats.update(_g_update(tr, x_fake, y_fake, opts, amp, proxies))
+        stats.update(g_update(tr, x_fake, y_fake, opts, amp))
     return stats
 
 
-def _g_update(tr: Trainer, x_fake: torch.Tensor, y_fake: torch.Tensor, opts: StepOptions,
-              amp: contextlib.AbstractContextManager, proxies: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """(2) Update G: maximize L_C - L_S, i.e. fool the source head while keeping the class readable."""
+# (1) D maximizes L_S + L_C: tell real from generated, and read the class of real images (of generated ones
+#     too for the paper's `ce`; the objective knows which).
+def d_update(tr: Trainer, x_real: torch.Tensor, y_real: torch.Tensor, z: torch.Tensor, y_fake: torch.Tensor,
+             amp: contextlib.AbstractContextManager) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One Adam step of D on a real batch and on G(z, y_fake); returns its statistics and G's images."""
+    obj = tr.objective
+    tr.opt_D.zero_grad(set_to_none=True)
+    with amp:
+        source, class_out = tr.D(obj.view(x_real))
+    loss_real, stats = obj.d_real(source, class_out, y_real)
+    loss_real.backward()
+    with amp:
+        x_fake = tr.G(z, y_fake)  # (B, 3, S, S), kept with its graph for G's update
+        source, class_out = tr.D(obj.view(x_fake.detach()))
+    loss_fake, stats_fake = obj.d_fake(source, class_out, y_fake)
+    loss_fake.backward()
+    tr.opt_D.step()
+    return {**stats, **stats_fake}, x_fake
+
+
+# (2) G maximizes L_C - L_S: images D takes for real and reads as the class G was asked for.
+def g_update(tr: Trainer, x_fake: torch.Tensor, y_fake: torch.Tensor, opts: StepOptions,
+             amp: contextlib.AbstractContextManager) -> dict[str, torch.Tensor]:
+    """One Adam step of G through the D just updated, then the EMA of G; returns G's statistics."""
     tr.opt_G.zero_grad(set_to_none=True)
     tr.D_raw.requires_grad_(False)  # D's weight gradients are not needed here: skip computing them
     # DDP(D) must not reduce here: D takes no step, and its frozen weights never mark their gradients ready
     no_sync = tr.D.no_sync if hasattr(tr.D, "no_sync") else contextlib.nullcontext
     with no_sync():  # one context for forward and backward: a generator context manager cannot be re-entered
         with amp:
-            source, class_out = tr.D(_seen_by_D(x_fake, opts))
-        loss, stats = g_loss(source, class_out, y_fake, loss=opts.loss, proxies=proxies)
+            source, class_out = tr.D(tr.objective.view(x_fake))
+        loss, stats = tr.objective.g(source, class_out, y_fake)
         loss.backward()
     tr.D_raw.requires_grad_(True)
     tr.opt_G.step()
