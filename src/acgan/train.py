@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ from acgan.sample import class_grid_inputs, save_grid
 from acgan.saver import Saver
 from acgan.storage import WriteError, check_writable_dir, warn
 from acgan.trainer import (
-    D_STAT_KEYS,
-    G_STAT_KEYS,
+    StatsMeter,
     StepOptions,
     Trainer,
     build_trainer,
@@ -94,16 +92,6 @@ def total_steps(config: TrainConfig, num_batches: int) -> int:
     """Steps the run ends at: all epochs, or --max_steps if that comes first."""
     steps = config.num_epochs * num_batches
     return min(steps, config.max_steps) if config.max_steps else steps
-
-
-def _reduce_stats(acc: torch.Tensor, num_d: int, num_g: int) -> dict[str, float]:
-    """Averages since the last log, over steps and ranks: the one host sync every log_every steps."""
-    n = len(D_STAT_KEYS)
-    means = torch.cat([acc[:n] / max(num_d, 1), acc[n:] / max(num_g, 1)])  # G stats count G updates only
-    values = dist_utils.all_reduce_mean(means).tolist()
-    row = dict(zip(D_STAT_KEYS + G_STAT_KEYS, values, strict=True))
-    row["loss_D"] = row["loss_D_real"] + row["loss_D_fake"]
-    return row
 
 
 def make_evaluator(config: TrainConfig, dataset: ImageDataset, device: torch.device,
@@ -198,11 +186,9 @@ def train(config: TrainConfig, explicit: frozenset[str] = frozenset()) -> Path:
         return _train(config, explicit, info, device, stop)
 
 
-def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistInfo, device: torch.device,
-           stop: dist_utils.StopRequest) -> Path:
-    """Setup, the loop, and the final checkpoint."""
-    from tqdm import tqdm
-
+def _setup(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistInfo, device: torch.device,
+           ) -> tuple[TrainConfig, ImageDataset, Trainer, Path, EpochSampler, str]:
+    """Resolve the config (a resumed run's own), load the data, build or restore the trainer, write config.json."""
     ckpt_path = resolve_resume(config.resume, config.outdir)
     state = load_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None:
@@ -228,8 +214,7 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     if state is not None:  # the saved position counts batches of the saved world size
         tr.epoch, tr.batch = dist_utils.reshard_position(tr.epoch, tr.batch, int(state.get("world_size", 1)),
                                                          info.world_size, sampler.num_batches)
-    total = total_steps(config, sampler.num_batches)
-    global_batch = config.batch_size * info.world_size
+    total, global_batch = total_steps(config, sampler.num_batches), config.batch_size * info.world_size
     if info.is_main:
         write_config_json(config, run_dir / "config.json", {
             "class_names": list(dataset.class_names), "num_images": len(dataset), "world_size": info.world_size,
@@ -238,16 +223,45 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
             "total_steps": total, "params_G": count_parameters(tr.G_raw), "params_D": count_parameters(tr.D_raw)})
         print(f"run {run_dir}: {len(dataset)} images, {K} classes, {device}, {precision}, "
               f"global batch {global_batch}, steps {tr.step} -> {total}")
+    return config, dataset, tr, run_dir, sampler, precision
+
+
+def _log_or_recover(tr: Trainer, meter: StatsMeter, log: RunLog, pbar: Any, config: TrainConfig, run_dir: Path,
+                    info: dist_utils.DistInfo) -> bool:
+    """Log the interval's statistics; on non-finite ones roll back or stop instead. True when rolled back."""
+    row = meter.reduce()
+    ips = meter.images_per_s(tr.step)
+    if not _finite(row, tr):
+        _recover(tr, config, run_dir, info)
+        meter.reset(tr.step)
+        pbar.n = tr.step
+        return True
+    log.stats({"step": tr.step, "epoch": tr.epoch, **row, "images_per_s": ips})
+    pbar.set_postfix(epoch=tr.epoch, loss_D=f"{row['loss_D']:.3f}", loss_G=f"{row['loss_G']:.3f}",
+                     img_s=f"{ips:.0f}", refresh=False)
+    meter.reset(tr.step)
+    return False
+
+
+def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistInfo, device: torch.device,
+           stop: dist_utils.StopRequest) -> Path:
+    """Setup, the loop, and the final checkpoint."""
+    from tqdm import tqdm
+
+    config, dataset, tr, run_dir, sampler, precision = _setup(config, explicit, info, device)
+    K, total = dataset.num_classes, total_steps(config, sampler.num_batches)
     log = RunLog(run_dir, info.is_main, tr.step)
     z_fixed, y_fixed = (t.to(device) for t in class_grid_inputs(K, SAMPLES_PER_CLASS, config.nz, config.seed))
     if info.is_main and tr.step == 0:
         reals = run_dir / "samples" / "reals.png"
         log.attempt("real images grid", reals, lambda: save_grid(real_grid(dataset, SAMPLES_PER_CLASS), reals,
                                                                  SAMPLES_PER_CLASS))
-    amp = autocast(device, precision)
+    amp, opts = autocast(device, precision), StepOptions.from_config(config, K)
     evaluate = make_evaluator(config, dataset, device, info)
-
     saver = Saver(run_dir, info, config.keep_ckpts)
+
+    def state() -> dict:
+        return trainer_state(tr, config, dataset.class_names, info.world_size)
 
     def save(final: bool) -> Path | None:
         if not _finite({}, tr):  # never save what rollback would reload; DDP keeps every rank's weights equal
@@ -255,51 +269,28 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
                 print(f"\nnot writing a checkpoint at step {tr.step}: the weights are not finite")
             return None
         nxt = min(total, (tr.step // config.ckpt_every + 1) * config.ckpt_every)
-        return saver.save(lambda: trainer_state(tr, config, dataset.class_names, info.world_size), tr.step,
-                          final=final, next_step=nxt)
+        return saver.save(state, tr.step, final=final, next_step=nxt)
 
     def save_best() -> None:
-        state = trainer_state(tr, config, dataset.class_names, info.world_size)
         try:
-            atomic_save({**state, "format_version": FORMAT_VERSION}, run_dir / "checkpoints" / "best.pt")
+            atomic_save({**state(), "format_version": FORMAT_VERSION}, run_dir / "checkpoints" / "best.pt")
         except WriteError as e:
             warn(f"best.pt not updated at step {tr.step}, training goes on: {e}")
 
-    opts = StepOptions.from_config(config, K)
-    num_d_keys = len(D_STAT_KEYS)
-    acc, num_d, num_g = torch.zeros(num_d_keys + len(G_STAT_KEYS), device=device), 0, 0
-    t_last, step_last = time.perf_counter(), tr.step
-    stopped = False
+    meter, stopped = StatsMeter(device, tr.step, config.batch_size * info.world_size), False
     with tqdm(total=total, initial=tr.step, disable=not info.is_main, dynamic_ncols=True, unit="step") as pbar:
         while tr.step < total and not stopped:
             for x_real, y_real in sampler.epoch(tr.epoch, start=tr.batch):
                 update_G = (tr.step + 1) % config.n_dis == 0  # G learns once per n_dis D updates
-                stats = train_step(tr, x_real, y_real, opts, amp, update_G)
-                acc[:num_d_keys] += torch.stack([stats[k] for k in D_STAT_KEYS])
-                num_d += 1
-                if update_G:
-                    acc[num_d_keys:] += torch.stack([stats[k] for k in G_STAT_KEYS])
-                    num_g += 1
+                meter.add(train_step(tr, x_real, y_real, opts, amp, update_G), update_G)
                 tr.step, tr.batch = tr.step + 1, tr.batch + 1
                 if tr.batch == sampler.num_batches:
                     tr.epoch, tr.batch = tr.epoch + 1, 0
                 pbar.update(1)
                 last = tr.step >= total
                 if tr.step % config.log_every == 0 or last:
-                    row = _reduce_stats(acc, num_d, num_g)
-                    now = time.perf_counter()
-                    ips = (tr.step - step_last) * global_batch / (now - t_last)
-                    if not _finite(row, tr):
-                        _recover(tr, config, run_dir, info)
-                        acc.zero_()
-                        num_d, num_g, t_last, step_last = 0, 0, time.perf_counter(), tr.step
-                        pbar.n = tr.step
+                    if _log_or_recover(tr, meter, log, pbar, config, run_dir, info):
                         break  # re-enter the epoch at the restored position
-                    log.stats({"step": tr.step, "epoch": tr.epoch, **row, "images_per_s": ips})
-                    pbar.set_postfix(epoch=tr.epoch, loss_D=f"{row['loss_D']:.3f}",
-                                     loss_G=f"{row['loss_G']:.3f}", img_s=f"{ips:.0f}", refresh=False)
-                    acc.zero_()
-                    num_d, num_g, t_last, step_last = 0, 0, now, tr.step
                     if info.distributed:
                         stopped = dist_utils.any_rank(stop.requested, device)
                 if tr.step % config.sample_every == 0 or last:
@@ -314,6 +305,5 @@ def _train(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
                     break
     log.close()
     if info.is_main:
-        verb = "stopped" if stopped else "finished"
-        print(f"{verb} at step {tr.step} (epoch {tr.epoch}); outputs in {run_dir}")
+        print(f"{'stopped' if stopped else 'finished'} at step {tr.step} (epoch {tr.epoch}); outputs in {run_dir}")
     return run_dir

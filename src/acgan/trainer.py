@@ -23,6 +23,41 @@ D_STAT_KEYS = ("loss_D_real", "loss_D_fake", "D_x", "D_G_z1", "acc_real", "acc_f
 G_STAT_KEYS = ("loss_G", "D_G_z2")
 
 
+class StatsMeter:
+    """Sums of the step statistics, kept on the device between logs; `reduce` is the one host sync."""
+
+    def __init__(self, device: torch.device, step: int, global_batch: int) -> None:
+        self.sums = torch.zeros(len(D_STAT_KEYS) + len(G_STAT_KEYS), device=device)
+        self.global_batch = global_batch
+        self.reset(step)
+
+    def add(self, stats: dict[str, torch.Tensor], update_G: bool) -> None:
+        """Count one step: D's statistics always, G's only when G was updated."""
+        n = len(D_STAT_KEYS)
+        self.sums[:n] += torch.stack([stats[k] for k in D_STAT_KEYS])
+        self.num_d += 1
+        if update_G:
+            self.sums[n:] += torch.stack([stats[k] for k in G_STAT_KEYS])
+            self.num_g += 1
+
+    def reduce(self) -> dict[str, float]:
+        """Averages since the last reset over steps and ranks (G's over G updates), plus loss_D."""
+        n = len(D_STAT_KEYS)
+        means = torch.cat([self.sums[:n] / max(self.num_d, 1), self.sums[n:] / max(self.num_g, 1)])
+        row = dict(zip(D_STAT_KEYS + G_STAT_KEYS, dist_utils.all_reduce_mean(means).tolist(), strict=True))
+        row["loss_D"] = row["loss_D_real"] + row["loss_D_fake"]
+        return row
+
+    def images_per_s(self, step: int) -> float:
+        """Global images per second since the last reset."""
+        return (step - self.step) * self.global_batch / (time.perf_counter() - self.start)
+
+    def reset(self, step: int) -> None:
+        """Start a new interval at `step`."""
+        self.sums.zero_()
+        self.num_d, self.num_g, self.start, self.step = 0, 0, time.perf_counter(), step
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """What a step draws and how G's EMA follows, read once from the resolved config (the losses are the Trainer's)."""
