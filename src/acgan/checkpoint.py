@@ -173,19 +173,30 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True; foreign, truncated or code-carrying files get one clear line."""
+def load_weights(path: Path, kind: str, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True for any acgan file (`kind` names it: checkpoint, classifier).
+
+    A missing, foreign, truncated or code-carrying file is one clear line, never a traceback.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{kind} not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it is not a plain-weights checkpoint ({first[:200]})") from None
+        if "global" not in str(e).lower():  # a broken pickle, not one that names code to run
+            raise UserError(f"{path} is not a readable {kind} (truncated or corrupt): {type(e).__name__}") from None
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"refusing to load {path}: it is not a plain-weights {kind} ({first[:200]})") from None
     # A damaged archive or pickle fails in torch's reader and weights-only unpickler in many ways (RuntimeError,
     # EOFError, IndexError, AssertionError, BadZipFile...): to the user they all mean the same.
     except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt): {type(e).__name__}") from None
+        raise UserError(f"{path} is not a readable {kind} (truncated or corrupt): {type(e).__name__}") from None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint safely and check it is shaped like one."""
+    state = load_weights(path, "checkpoint", map_location)
     _check_layout(state, path)
     return state
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from acgan.checkpoint import atomic_save
+from acgan.checkpoint import atomic_save, load_weights
 from acgan.config import CLASSIFIER_DEFAULTS
 from acgan.data import ImageDataset
 from acgan.errors import UserError
@@ -233,13 +233,7 @@ def save_classifier(net: ClassifierNet, path: Path, *, class_names: tuple[str, .
 def load_classifier(path: str | Path, device: torch.device) -> Classifier:
     """A saved classifier on device, read with weights_only; a missing, foreign or damaged file is a UserError."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"classifier not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch's readers fail in many ways on a damaged file
-        raise UserError(f"{path} is not a readable classifier file (corrupt, truncated or not plain weights): "
-                        f"{type(e).__name__}") from None
+    state = load_weights(path, "classifier")
     _check_layout(state, path)
     net = ClassifierNet(**state["arch"])
     try:
