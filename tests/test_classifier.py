@@ -8,7 +8,11 @@ from io import StringIO
 import pytest
 import torch
 
-from acgan.classifier import (
+from acgan.cli import main
+from acgan.data import ImageDataset, load_dataset
+from acgan.errors import UserError
+from acgan.metrics.cacc import classifier_accuracy
+from acgan.metrics.classifier import (
     PAD,
     ClassifierNet,
     accuracy,
@@ -19,10 +23,6 @@ from acgan.classifier import (
     split_holdout,
     train_classifier,
 )
-from acgan.cli import main
-from acgan.data import ImageDataset, load_dataset
-from acgan.errors import UserError
-from acgan.metrics.cacc import classifier_accuracy
 from acgan.metrics.evaluate import format_table
 from acgan.metrics.run import evaluate_datasets, open_classifier
 

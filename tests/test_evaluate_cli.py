@@ -80,8 +80,8 @@ def test_eval_every_logs_metrics_and_keeps_best_by_fid(run_and_detector, monkeyp
 
 
 def test_evaluate_checkpoint_scores_cacc_with_a_given_classifier(run_and_detector, tmp_path):
-    from acgan.classifier import ClassifierNet, save_classifier
     from acgan.data import SHAPE_NAMES
+    from acgan.metrics.classifier import ClassifierNet, save_classifier
 
     run_dir, _ = run_and_detector
     clf = save_classifier(ClassifierNet(len(SHAPE_NAMES), width=2), tmp_path / "clf.pt", class_names=SHAPE_NAMES,

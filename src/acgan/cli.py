@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -232,95 +231,27 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from acgan.distributed import env_info, resolve_device
+    from acgan.device import resolve_device
     from acgan.sample import write_samples
 
     if args.num <= 0 or args.num_steps < 2:
         raise UserError("--num must be positive and --num_steps at least 2")
     dest = write_samples(args.checkpoint, args.out_dir, class_spec=args.class_spec, num=args.num,
-                         num_steps=args.num_steps, seed=args.seed, device=resolve_device(args.device, env_info()))
+                         num_steps=args.num_steps, seed=args.seed, device=resolve_device(args.device))
     print(f"wrote {len(list(dest.glob('*.png')))} PNG files to {dest}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from acgan.distributed import env_info, resolve_device
-    from acgan.metrics.evaluate import format_table, write_json
-    from acgan.metrics.run import evaluate_datasets, evaluate_generator, load_reference, open_classifier, open_detector
-    from acgan.sample import load_generator
+    from acgan.metrics.run import evaluate_command
 
-    if args.num_samples < 2 or args.batch_size <= 0:
-        raise UserError("--num_samples must be at least 2 and --batch_size positive")
-    device = resolve_device(args.device, env_info())
-    metrics = args.metrics.split(",")
-    detector = open_detector(metrics, args.detector, device)
-    start = time.perf_counter()
-    if args.checkpoint is not None:
-        G, _, config, step = load_generator(args.checkpoint, device)
-        dataset, root_dir = args.dataset or config.dataset, args.root_dir or config.root_dir
-        reference = load_reference(dataset, root_dir, args.split, config.image_size, args.num_workers)
-        classifier = open_classifier(metrics, args.classifier, reference, device, dataset_name=dataset,
-                                     root_dir=root_dir, split=args.split, num_workers=args.num_workers)
-        results = evaluate_generator(G, reference, metrics, num_samples=args.num_samples, detector=detector,
-                                     seed=args.seed, batch_size=args.batch_size, classifier=classifier)
-        run_dir = args.checkpoint.resolve().parent.parent
-        default_out = run_dir / "metrics" / f"step-{step:08d}.json"
-    else:
-        if args.dataset is None or (args.root_dir is None and args.dataset != "shapes"):
-            raise UserError("--real needs --dataset and --root_dir for the reference images")
-        candidate = load_reference(args.real_dataset, args.real, args.real_split, 32, args.num_workers)
-        reference = load_reference(args.dataset, args.root_dir, args.split, candidate.image_size, args.num_workers)
-        classifier = open_classifier(metrics, args.classifier, reference, device, dataset_name=args.dataset,
-                                     root_dir=args.root_dir, split=args.split, num_workers=args.num_workers)
-        results = evaluate_datasets(candidate, reference, metrics, detector=detector, batch_size=args.batch_size,
-                                    classifier=classifier)
-        default_out = Path("metrics.json")
-    seconds = time.perf_counter() - start
-    out = _unused_path(args.out or default_out)
-    # printed first: a disk that refuses the JSON must not take the numbers with it
-    print(format_table(results))
-    print(f"{int(results['num_fake'])} images generated and scored in {seconds:.1f} s "
-          f"({results['num_fake'] / seconds:.0f} images/s on {device}, real statistics included)")
-    write_json(results, out)
-    print(f"wrote {out}")
-    return 0
+    return evaluate_command(args)
 
 
 def _run_classifier(args: argparse.Namespace) -> int:
-    from acgan.classifier import default_classifier_path, save_classifier, split_holdout, train_classifier
-    from acgan.data import load_dataset
-    from acgan.distributed import env_info, resolve_device
+    from acgan.metrics.classifier import train_command
 
-    def refuse_existing(out: Path) -> None:  # checked before training: minutes of work must not end in a refusal
-        if out.exists():
-            raise UserError(f"{out} already exists: delete it or choose another path with --out")
-
-    if min(args.epochs, args.batch_size, args.width) < 1 or args.lr <= 0:
-        raise UserError("--epochs, --batch_size, --width and --lr must be positive")
-    if args.out is not None:
-        refuse_existing(args.out)
-    data = load_dataset(args.dataset, args.root_dir, split="train", image_size=args.image_size,
-                        num_workers=args.num_workers, download=args.download)
-    dataset_key = data.content_hash()  # what `acgan evaluate` and training look the classifier up by
-    out = args.out or default_classifier_path(dataset_key)
-    refuse_existing(out)
-    if args.dataset == "folder":
-        train_set, test_set = split_holdout(data)
-    else:
-        train_set = data
-        test_set = load_dataset(args.dataset, args.root_dir, split="test", image_size=args.image_size)
-    device = resolve_device(args.device, env_info())
-    print(f"training a classifier on {len(train_set)} {args.dataset} images ({train_set.num_classes} classes, "
-          f"{train_set.image_size}px) on {device}; testing on {len(test_set)}")
-    start = time.perf_counter()
-    net, accuracy = train_classifier(train_set, test_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                     seed=args.seed, device=device, width=args.width, precision=args.precision)
-    settings = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "width", "seed", "precision")}
-    save_classifier(net, out, class_names=data.class_names, dataset_key=dataset_key, image_size=data.image_size,
-                    test_accuracy=accuracy, settings={"dataset": args.dataset, **settings})
-    print(f"test accuracy {accuracy:.4f} on {len(test_set)} images after {time.perf_counter() - start:.0f} s")
-    print(f"wrote {out}")
-    return 0
+    return train_command(args)
 
 
 def _run_detector(args: argparse.Namespace) -> int:
@@ -333,15 +264,6 @@ def _run_detector(args: argparse.Namespace) -> int:
     what = "features and logits: every metric" if kind == "full" else "features only: FID, KID, pr, ifid; no IS"
     print(f"detector: {path} ({what})")
     return 0
-
-
-def _unused_path(path: Path) -> Path:
-    """path, or path with -1, -2, ... before the suffix: an earlier result is never overwritten."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -195,15 +195,31 @@ DEFAULTS = TrainConfig()
 
 @dataclass(frozen=True)
 class ClassifierDefaults:
-    """Defaults of `acgan classifier train`: 10 epochs gave 91.2% on CIFAR-10 (13 s on an H100)."""
+    """Defaults of `acgan classifier train` (what they reach: docs/metrics.md)."""
 
     epochs: int = 10
     batch_size: int = 256
-    lr: float = 0.4  # peak of the one-cycle schedule (SGD with Nesterov momentum); 0.2 gave 90.7% at 10 epochs
+    lr: float = 0.4  # peak of the one-cycle schedule (SGD with Nesterov momentum)
     width: int = 32  # channels of the first stage; 32 -> about 1.6M parameters
 
 
 CLASSIFIER_DEFAULTS = ClassifierDefaults()
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """Defaults of `acgan evaluate` and `acgan sample`; `batch_size` is every generator/detector/classifier batch."""
+
+    metrics: str = "fid,is"
+    num_samples: int = 50_000  # FID-50k, as papers report it
+    batch_size: int = 250  # large enough for efficient convolutions, small enough for 8 GB of GPU memory
+    num_workers: int = 2
+    sample_num: int = 10  # `acgan sample`: images of one class, or columns per class
+    sample_steps: int = 10  # `acgan sample`: points on each interpolation strip
+
+
+EVAL_DEFAULTS = EvalDefaults()
+EVAL_BATCH = EVAL_DEFAULTS.batch_size
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 # Settings that may differ when a run is resumed: they change how long or how it is watched,

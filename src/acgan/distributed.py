@@ -50,23 +50,6 @@ def env_info() -> DistInfo:
         raise UserError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {e}") from None
 
 
-def resolve_device(device: str, info: DistInfo) -> torch.device:
-    """'auto' -> cuda when available; under torchrun each process takes cuda:LOCAL_RANK."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is available")
-        if dev.index is None:
-            dev = torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-    return dev
-
-
 def rank_label() -> str:
     """' (rank R of W)' under torchrun with several processes, else '': tells whose error a line is."""
     rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")

@@ -13,13 +13,9 @@ from torch import nn
 
 from acgan.checkpoint import load_checkpoint, new_run_dir
 from acgan.config import TrainConfig, config_from_dict
+from acgan.data import to_uint8
 from acgan.errors import UserError
 from acgan.models import build_generator
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 [0, 255], same shape, on the CPU."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:

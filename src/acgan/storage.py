@@ -138,3 +138,12 @@ class BestEffort:
             self.failing.discard(what)
             warn(f"{what} written again ({path})")
         return result
+
+
+def unused_path(path: Path) -> Path:
+    """path, or path with -1, -2, ... before the suffix: an earlier result is never overwritten."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate

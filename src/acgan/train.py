@@ -20,6 +20,7 @@ from acgan.checkpoint import (
 )
 from acgan.config import TrainConfig, merge_resumed_config, write_config_json
 from acgan.data import EpochSampler, ImageDataset, load_dataset
+from acgan.device import resolve_device
 from acgan.errors import UserError
 from acgan.models import count_parameters
 from acgan.precision import autocast, choose_precision, describe_choice, probe_key
@@ -179,7 +180,7 @@ def _recover(tr: Trainer, config: TrainConfig, run_dir: Path, info: dist_utils.D
 def train(config: TrainConfig, explicit: frozenset[str] = frozenset()) -> Path:
     """Train (or resume) an ACGAN; returns the run directory. Works alone or under torchrun."""
     info = dist_utils.env_info()
-    device = dist_utils.resolve_device(config.device, info)
+    device = resolve_device(config.device, info.local_rank if info.distributed else None)
     # signals are caught from the start: a SIGTERM during setup stops after the first step, one during the
     # final plots is simply absorbed, and the exit status is 0 either way
     with dist_utils.process_group(info, device), dist_utils.StopRequest() as stop:

@@ -1,7 +1,7 @@
 """Datasets (CIFAR-10/100, image folders, generated shapes) and the device-resident epoch sampler."""
 
 from acgan.data.cifar import CIFAR_DOWNLOADS, download_cifar, load_cifar
-from acgan.data.dataset import ImageDataset, resize_images
+from acgan.data.dataset import ImageDataset, resize_images, to_float, to_uint8
 from acgan.data.folder import load_folder
 from acgan.data.load import DATASETS, load_dataset
 from acgan.data.sampler import EpochSampler
@@ -20,4 +20,6 @@ __all__ = [
     "load_shapes",
     "make_shapes",
     "resize_images",
+    "to_float",
+    "to_uint8",
 ]

@@ -9,6 +9,16 @@ import torch
 import torch.nn.functional as F
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 in [-1, 1], same shape and device: what the nets take."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] -> uint8 [0, 255], same shape, on the CPU: what files and metrics take."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
 @dataclass(frozen=True)
 class ImageDataset:
     """Square RGB images as one uint8 tensor, with int64 class labels and class names."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from acgan.data.dataset import ImageDataset
+from acgan.data.dataset import ImageDataset, to_float
 from acgan.errors import UserError
 
 
@@ -42,7 +42,7 @@ class EpochSampler:
         index, flip = self._shard(epoch)
         for b in range(start, self.num_batches):
             idx = index[b * self.batch_size:(b + 1) * self.batch_size]  # (B,) on device
-            x = self.images.index_select(0, idx).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) float32
+            x = to_float(self.images.index_select(0, idx))  # (B, 3, H, W) float32
             if self.hflip:
                 mask = flip[b * self.batch_size:(b + 1) * self.batch_size]
                 x = torch.where(mask[:, None, None, None], x.flip(3), x)

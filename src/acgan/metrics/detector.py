@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from acgan.config import EVAL_BATCH
 from acgan.errors import UserError
 from acgan.metrics.detector_files import file_sha256
 
 INCEPTION_SIZE = 299
-EVAL_BATCH = 250  # images per detector call: large enough for efficient convolutions, small enough for 8 GB
 PARTIAL_EVERY = 8  # batches between saves of a long feature pass (2,000 images: minutes on a CPU)
-# On a CPU, a batch of 250 at 299x299 needs GB-sized activation buffers that are mapped and faulted in anew on
-# every call, so the kernel's page handling, not the convolutions, takes most of the time; a few images per
-# call keep the buffers small and reused (see docs/performance.md for the measured speeds).
+# On a CPU, a batch of EVAL_BATCH (250) at 299x299 needs GB-sized activation buffers that are mapped and faulted
+# in anew on every call, so the kernel's page handling, not the convolutions, takes most of the time; a few images
+# per call keep the buffers small and reused (measured speeds: docs/metrics.md).
 CPU_CHUNK = 8
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from acgan.config import EVAL_BATCH
 from acgan.errors import UserError
 from acgan.metrics.cacc import ImageClassifier, classifier_accuracy
 from acgan.metrics.cache import cached, stats_path
@@ -191,7 +192,7 @@ class MetricSettings:
 def compute_metrics(
     metrics: Sequence[str], *, fake_images: FakeSource, real_images: Tensor, real_labels: Tensor,
     num_classes: int, detector: Detector | None, real_key: str, cache_dir: Path | None,
-    batch_size: int = 250, settings: MetricSettings | None = None, classifier: ImageClassifier | None = None,
+    batch_size: int = EVAL_BATCH, settings: MetricSettings | None = None, classifier: ImageClassifier | None = None,
     fake_key: str | None = None,
 ) -> dict[str, float]:
     """Flat dict of the requested metrics (fid, is_mean, kid_mean, cacc, ...) plus `num_fake` and `num_real`."""
