@@ -14,6 +14,7 @@ from acgan.config import (
     COMPILE_MODES,
     DATASETS,
     DEFAULTS,
+    EVAL_DEFAULTS,
     G_CONDITIONING,
     ON_NAN,
     PRECISIONS,
@@ -130,11 +131,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                        "class) and a z-interpolation strip per class.")
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint (.pt) written by acgan train")
     p.add_argument("--class", dest="class_spec", metavar="CLASS", help="class index or name, e.g. 3 or cat")
-    p.add_argument("--num", type=int, default=10, help="images (with --class) or columns per class (default: 10)")
-    p.add_argument("--num_steps", type=int, default=10, help="points on each interpolation strip (default: 10)")
+    ev = EVAL_DEFAULTS
+    p.add_argument("--num", type=int, default=ev.sample_num,
+                   help=f"images (with --class) or columns per class (default: {ev.sample_num})")
+    p.add_argument("--num_steps", type=int, default=ev.sample_steps,
+                   help=f"points on each interpolation strip (default: {ev.sample_steps})")
     p.add_argument("--out_dir", type=Path, default=None,
                    help="where a new numbered folder of PNGs is made (default: <run>/generated)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"noise seed {_default('seed')}")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
@@ -150,9 +154,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--real", type=Path, help="an image set to score instead of a generator (see --real_dataset)")
     p.add_argument("--real_dataset", choices=DATASETS, default="folder", help="format of --real (default: folder)")
     p.add_argument("--real_split", choices=("train", "test"), default="test", help="split of --real (default: test)")
-    p.add_argument("--metrics", default="fid,is",
-                   help="comma-separated: fid,is,kid,pr,ifid,msssim,cacc (default: fid,is)")
-    p.add_argument("--num_samples", type=int, default=50_000, help="generated images (default: 50000)")
+    ev = EVAL_DEFAULTS
+    p.add_argument("--metrics", default=ev.metrics,
+                   help=f"comma-separated: fid,is,kid,pr,ifid,msssim,cacc (default: {ev.metrics})")
+    p.add_argument("--num_samples", type=int, default=ev.num_samples,
+                   help=f"generated images (default: {ev.num_samples})")
     p.add_argument("--dataset", choices=DATASETS, help="reference data (default: the checkpoint's)")
     p.add_argument("--root_dir", help="reference data location (default: the checkpoint's)")
     p.add_argument("--split", choices=("train", "test"), default="train", help="reference split (default: train)")
@@ -160,9 +166,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", type=Path,
                    help="classifier for cacc (default: the one `acgan classifier train` filed for the data)")
     p.add_argument("--out", type=Path, help="metrics JSON path (default: <run>/metrics/step-N.json)")
-    p.add_argument("--batch_size", type=int, default=250, help="images per generator/detector batch (default: 250)")
-    p.add_argument("--num_workers", type=int, default=2, help="image decoding workers (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--batch_size", type=int, default=ev.batch_size,
+                   help=f"images per generator/detector batch (default: {ev.batch_size})")
+    p.add_argument("--num_workers", type=int, default=ev.num_workers,
+                   help=f"image decoding workers (default: {ev.num_workers})")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"noise seed {_default('seed')}")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
@@ -189,7 +197,7 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation (default: 0)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = fp32 (default: auto)")
-    t.add_argument("--num_workers", type=int, default=2, help="image decoding workers (default: 2)")
+    t.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers, help=f"image decoding workers {_default('num_workers')}")
     t.add_argument("--out", type=Path, help="where to write it (default: $ACGAN_CACHE/classifiers/<data hash>.pt)")
 
 
