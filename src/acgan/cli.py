@@ -197,7 +197,8 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation (default: 0)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = fp32 (default: auto)")
-    t.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers, help=f"image decoding workers {_default('num_workers')}")
+    t.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers,
+                   help=f"image decoding workers {_default('num_workers')}")
     t.add_argument("--out", type=Path, help="where to write it (default: $ACGAN_CACHE/classifiers/<data hash>.pt)")
 
 

@@ -15,7 +15,7 @@ from acgan.checkpoint import load_checkpoint, new_run_dir
 from acgan.config import TrainConfig, config_from_dict
 from acgan.data import to_uint8
 from acgan.errors import UserError
-from acgan.models import build_generator
+from acgan.models import generator_for
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
@@ -49,8 +49,7 @@ def load_generator(checkpoint: Path, device: torch.device) -> tuple[nn.Module, t
     config = config_from_dict(state["config"])
     class_names = tuple(state["class_names"])
     config = config.resolved()  # older checkpoints name no arch: config_from_dict makes them the paper's
-    G = build_generator(config.arch, config.nz, len(class_names), config.image_size, cond_bn=config.g_cond == "cbn")
-    G = G.to(device)
+    G = generator_for(config, len(class_names)).to(device)
     G.load_state_dict(state["G_ema"] if state.get("G_ema") is not None else state["G"])
     return G.eval(), class_names, config, int(state["step"])
 

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from acgan import distributed as dist_utils
-from acgan.config import D2D_EMBED_DIM, TrainConfig, parse_diffaug
+from acgan.config import TrainConfig, parse_diffaug
 from acgan.ema import ema_decay, make_ema, update_ema
 from acgan.errors import UserError
 from acgan.losses import Objective
-from acgan.models import build_nets
+from acgan.models import nets_for
 from acgan.precision import autocast, maybe_compile
 
 D_STAT_KEYS = ("loss_D_real", "loss_D_fake", "D_x", "D_G_z1", "acc_real", "acc_fake")
@@ -100,10 +100,7 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
                   info: dist_utils.DistInfo) -> Trainer:
     """The nets of --arch and their Adam optimizers, wrapped in DDP under torchrun (config must be resolved)."""
     config = config.resolved()
-    embed_dim = D2D_EMBED_DIM if config.cls_loss == "d2dce" else None
-    G_raw, D_raw = build_nets(config.arch, config.nz, num_classes, config.image_size, embed_dim=embed_dim,
-                              cond_bn=config.g_cond == "cbn", d_dropout=config.d_dropout)
-    G_raw, D_raw = G_raw.to(device), D_raw.to(device)
+    G_raw, D_raw = (net.to(device) for net in nets_for(config, num_classes))
     if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
         if device.type != "cuda":
             raise UserError("--sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation")

@@ -10,7 +10,7 @@ from types import ModuleType
 
 from torch import nn
 
-from acgan.config import ARCH_SPECS, ARCHS
+from acgan.config import ARCH_SPECS, ARCHS, D2D_EMBED_DIM, TrainConfig
 from acgan.errors import UserError
 from acgan.models import imagenet, paper, resnet, sndcgan
 from acgan.models.layers import BitDropout, CondBatchNorm2d, count_parameters, init_weights
@@ -26,7 +26,9 @@ __all__ = [
     "build_generator",
     "build_nets",
     "count_parameters",
+    "generator_for",
     "init_weights",
+    "nets_for",
 ]
 
 
@@ -60,3 +62,15 @@ def build_nets(
     if ARCH_SPECS[arch].d_dropout:
         return G, _module(arch).Discriminator(num_classes, image_size, dropout=d_dropout, embed_dim=embed_dim)
     return G, _module(arch).Discriminator(num_classes, image_size, embed_dim=embed_dim)
+
+
+def generator_for(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The G a resolved config describes (sampling needs no D)."""
+    return build_generator(config.arch, config.nz, num_classes, config.image_size, cond_bn=config.g_cond == "cbn")
+
+
+def nets_for(config: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """The (G, D) a resolved config describes: D gets an embedding head for d2dce, dropout where the arch has it."""
+    embed_dim = D2D_EMBED_DIM if config.cls_loss == "d2dce" else None
+    return build_nets(config.arch, config.nz, num_classes, config.image_size, embed_dim=embed_dim,
+                      cond_bn=config.g_cond == "cbn", d_dropout=config.d_dropout)
