@@ -6,7 +6,7 @@ Each seed is trained in its own process with the flags of tests/test_learning.py
 runs that test; flags after `--` are appended and win), checkpointed every --every steps, and every checkpoint's
 EMA G is scored by the test's own judge (the same CNN, trained the same way) on 1,000 images. Two processes
 at a time use both cores of a 2-core machine without oversubscribing it (one thread each). This is how the
-rows of docs/recipes.md and the README's shapes table were measured.
+rows of docs/recipes.md were measured.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An independent classifier, trained here on real shapes (99.9% on the real test s
 images. A generator that ignores its class input is the control: the judge must find it at chance level,
 which proves that the score is conditioning and not a judge that says yes to anything.
 
-How the recipe was found (paper nets, batch 32, EMA G, one run each; the README's "What to expect on
+How the recipe was found (paper nets, batch 32, EMA G, one run each; docs/recipes.md's "What to expect on
 `shapes`" has every row): the paper's own recipe scores 0.48 (G and D agree on a class code no classifier
 of real images reads); D's classifier on real images only (--cls_loss ce_real), no dropout in D (its
 classifier then reads real shapes after ~250 steps instead of ~1250) and DiffAugment make it learn the
@@ -12,7 +12,7 @@ shapes themselves; G slower than D keeps each class from collapsing onto one ima
 (--lr_d 1e-3 --lr_g 4e-4) and a 500-step EMA horizon (0.998) give, at step 3000 on one thread of an AMD EPYC
 (Zen 5, the thread count the suite gives this test): 0.819 for this test's run (seed 0); seeds 1-4 gave 0.837,
 0.650, 0.756 and 0.853. So this run clears the bar, but by less than the recipe's spread over seeds (0.65-0.92
-in the README's shapes table): another CPU, precision or thread count makes another run, which may land under
+in docs/recipes.md's shapes table): another CPU, precision or thread count makes another run, which may land under
 it. docs/recipes.md has what was tried to widen the margin (nothing tried did, within this test's budget).
 """
 

@@ -47,8 +47,8 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 }
 ARCHS = tuple(ARCH_SPECS)
 
-# --recipe tuned: what the shapes learning test found and CIFAR-10 confirmed for the paper's nets (README,
-# Results). It fills only the choices a user left unset, and its learning rates are multiples of --lr
+# --recipe tuned: what the shapes learning test found and CIFAR-10 confirmed for the paper's nets
+# (docs/recipes.md). It fills only the choices a user left unset, and its learning rates are multiples of --lr
 # (2e-4 -> D 1e-3, G 4e-4), so --lr keeps its meaning.
 TUNED_RECIPE: dict[str, Any] = {"cls_loss": "ce_real", "d_dropout": 0.0, "diffaug": "color,translation,cutout",
                                 "ema_decay": 0.999}

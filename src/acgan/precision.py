@@ -28,7 +28,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def resolve_precision(precision: str, device: torch.device) -> str:
     """A precision without measuring: 'auto' -> fp32 (measured faster on GPUs; CPUs use `choose_precision`)."""
     # On an H100 these small nets are bound by kernel launches, not arithmetic: autocast's extra cast kernels
-    # made every arch slower there (README, Performance).
+    # made every arch slower there (docs/performance.md).
     return "fp32" if precision == "auto" else precision
 
 

@@ -1,4 +1,4 @@
-"""The training loop: set up a run, alternate the D and G steps, and do the periodic work rank-aware."""
+"""The training loop: set up a run, call trainer.train_step for each batch, and do the periodic work rank-aware."""
 
 from __future__ import annotations
 
