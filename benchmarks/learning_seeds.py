@@ -40,11 +40,12 @@ def train_seed(seed: int, steps: int, every: int, outdir: Path, extra: list[str]
 @torch.no_grad()
 def scores(ckpt_dir: Path, judge: torch.nn.Module) -> dict[int, tuple[float, list[float]]]:
     """Step -> (judge accuracy on 100 images per class, per-class accuracies) for every numbered checkpoint."""
-    from acgan.sample import generate, load_generator
+    from acgan.generator import generate, load_generator
 
     out = {}
     for path in sorted(ckpt_dir.glob("ckpt-*.pt")):
-        G, _, _, step = load_generator(path, torch.device("cpu"))
+        trained = load_generator(path, torch.device("cpu"))
+        G, step = trained.net, trained.step
         y = torch.arange(10).repeat_interleave(100)
         z = torch.randn(len(y), G.nz, generator=torch.Generator().manual_seed(1))  # the test's noise
         pred = judge(generate(G, z, y).float() / 127.5 - 1).argmax(1)

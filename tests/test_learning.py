@@ -25,7 +25,7 @@ from torch import nn
 
 from acgan.cli import main
 from acgan.data import load_dataset
-from acgan.sample import generate, load_generator
+from acgan.generator import generate, load_generator
 
 # The run: flags a user could type. `--recipe tuned` is this recipe (--lr_d 0.001 --lr_g 0.0004 --d_dropout 0
 # --diffaug color,translation,cutout --cls_loss ce_real): high learning rates get many updates out of five CPU
@@ -77,9 +77,9 @@ def test_generator_draws_the_requested_class(tmp_path):
     assert _accuracy(judge, test.images, test.labels) > 0.99  # the judge itself is competent
 
     assert main(["train", *TRAIN_FLAGS, "--outdir", str(tmp_path)]) == 0
-    G, class_names, _, step = load_generator(tmp_path / "00000-shapes" / "checkpoints" / "last.pt",
-                                             torch.device("cpu"))
-    assert step == STEPS and len(class_names) == 10
+    trained = load_generator(tmp_path / "00000-shapes" / "checkpoints" / "last.pt", torch.device("cpu"))
+    G = trained.net
+    assert trained.step == STEPS and len(trained.class_names) == 10
     y = torch.arange(10).repeat_interleave(PER_CLASS)
     z = torch.randn(len(y), G.nz, generator=torch.Generator().manual_seed(1))
     acc = _accuracy(judge, generate(G, z, y), y)

@@ -6,7 +6,8 @@ from PIL import Image
 
 from acgan.config import TrainConfig
 from acgan.errors import UserError
-from acgan.sample import class_grid_inputs, make_grid, resolve_class, slerp, write_samples
+from acgan.generator import class_grid_inputs, resolve_class, slerp
+from acgan.sample import make_grid, write_samples
 from acgan.train import train
 
 

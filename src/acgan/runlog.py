@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from acgan.data import ImageDataset
+from acgan.generator import generate
 from acgan.plots import read_stats, write_plots
-from acgan.sample import generate, make_grid, save_grid
+from acgan.sample import make_grid, save_grid
 from acgan.storage import BestEffort, append_line
 
 

@@ -22,10 +22,11 @@ from acgan.config import TrainConfig, merge_resumed_config, write_config_json
 from acgan.data import EpochSampler, ImageDataset, load_dataset
 from acgan.device import resolve_device
 from acgan.errors import UserError
+from acgan.generator import class_grid_inputs
 from acgan.models import count_parameters
 from acgan.precision import autocast, choose_precision, describe_choice, probe_key
 from acgan.runlog import RunLog, real_grid
-from acgan.sample import class_grid_inputs, save_grid
+from acgan.sample import save_grid
 from acgan.saver import Saver
 from acgan.storage import WriteError, check_writable_dir, warn
 from acgan.trainer import (

@@ -135,7 +135,7 @@ def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """`acgan evaluate`: score a checkpoint or a second image set, print the table, write the JSON."""
-    from acgan.sample import load_generator
+    from acgan.generator import load_generator
 
     if args.num_samples < 2 or args.batch_size <= 0:
         raise UserError("--num_samples must be at least 2 and --batch_size positive")
@@ -144,7 +144,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     detector = open_detector(metrics, args.detector, device)
     start = time.perf_counter()
     if args.checkpoint is not None:
-        G, _, config, step = load_generator(args.checkpoint, device)
+        trained = load_generator(args.checkpoint, device)
+        G, config, step = trained.net, trained.config, trained.step
         dataset, root_dir = args.dataset or config.dataset, args.root_dir or config.root_dir
         reference = load_reference(dataset, root_dir, args.split, config.image_size, args.num_workers)
         classifier = open_classifier(metrics, args.classifier, reference, device, dataset_name=dataset,
