@@ -153,3 +153,25 @@ def tiny_cnn(num_classes: int = 10) -> torch.nn.Module:
         torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
         torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, num_classes),
     )
+
+
+def generator_checkpoint(path: Path, arch: str = "paper", step: int = 7, **config: object) -> Path:
+    """A checkpoint as acgan train writes it, of freshly initialised nets (no training): for sampling, serving
+    and exporting tests, which need a real file but not a good generator."""
+    from acgan.checkpoint import atomic_save
+    from acgan.config import TrainConfig
+    from acgan.data import SHAPE_NAMES
+    from acgan.models import nets_for
+
+    cfg = TrainConfig(dataset="shapes", arch=arch, **config).resolved()
+    torch.manual_seed(0)
+    G, D = nets_for(cfg, len(SHAPE_NAMES))
+    with torch.no_grad():  # BatchNorm's running statistics as after training, not the (0, 1) of a fresh net
+        for m in G.modules():
+            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    state = {"G": G.state_dict(), "D": D.state_dict(), "config": cfg.to_dict(), "step": step,
+             "class_names": list(SHAPE_NAMES)}
+    atomic_save(state, path)
+    return path

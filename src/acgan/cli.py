@@ -1,4 +1,4 @@
-"""Command line: `acgan train|sample|evaluate|classifier train`; parse, build the config, call one function."""
+"""Command line: `acgan train|sample|evaluate|classifier|detector|serve|export`; parse, then call one function."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from acgan.config import (
     DATASETS,
     DEFAULTS,
     EVAL_DEFAULTS,
+    EXPORT_FORMATS,
     G_CONDITIONING,
     ON_NAN,
     PRECISIONS,
     RECIPES,
+    SERVE_HOST,
+    SERVE_PORT,
     SOURCE_LOSSES,
     TrainConfig,
 )
@@ -216,17 +219,46 @@ def _add_detector(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--cache_dir", type=Path, help="where to put it (default: $ACGAN_CACHE or ~/.cache/acgan)")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a web page and HTTP API that draw a generator's images by class",
+                       description="Serve a trained generator: a web page to draw images by class, class sweeps and "
+                       "interpolations, and the HTTP API it uses (/api/info, /api/sample.png, /api/sweep.png, "
+                       "/api/interpolate.png). Needs the serve extra: pip install 'acgan[serve]'.")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a checkpoint written by acgan train, or a folder written by acgan export --format safetensors")
+    p.add_argument("--host", default=SERVE_HOST,
+                   help=f"address to listen on (default: {SERVE_HOST}, this machine only)")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help=f"(default: {SERVE_PORT})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained generator as safetensors, TorchScript or ONNX",
+                       description="Export the generator of a checkpoint (its EMA when the run kept one) with "
+                       "its class names, nz, image size, arch and step. safetensors: a folder in the Hugging Face "
+                       "Hub layout that acgan.load_generator and acgan serve accept; torchscript: one file plain "
+                       "torch runs without acgan; onnx: one file for onnxruntime (pip install 'acgan[export]'). "
+                       "Every format maps z (N, nz) and class indices y (N,) to images (N, 3, S, S) in [-1, 1].")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by acgan train")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="what to write")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the folder (safetensors) or file to write; never overwritten")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `acgan` parser with its subcommands."""
     parser = _Parser(prog="acgan", description="Auxiliary Classifier GANs: train, sample, evaluate; classifiers "
                      "for the cacc metric.")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,sample,evaluate,classifier,detector}", parser_class=_Parser)
+                                metavar="{train,sample,evaluate,classifier,detector,serve,export}",
+                                parser_class=_Parser)
     _add_train(sub)
     _add_sample(sub)
     _add_evaluate(sub)
     _add_classifier(sub)
     _add_detector(sub)
+    _add_serve(sub)
+    _add_export(sub)
     return parser
 
 
@@ -263,6 +295,28 @@ def _run_classifier(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from acgan.device import resolve_device
+    from acgan.generator import load_generator
+    from acgan.serve import serve
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {args.port}")
+    serve(load_generator(args.checkpoint, resolve_device(args.device)), args.host, args.port)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from acgan.export import export_generator
+    from acgan.generator import load_generator
+
+    if args.out.exists():  # before loading anything: a refusal should be instant
+        raise UserError(f"{args.out} already exists: delete it or choose another --out")
+    out = export_generator(load_generator(args.checkpoint, "cpu"), args.format, args.out)
+    print(f"wrote {out} ({args.format})")
+    return 0
+
+
 def _run_detector(args: argparse.Namespace) -> int:
     from acgan.metrics.detector import load_detector
     from acgan.metrics.detector_files import NVLABS, PYPI_FEATURES, SOURCES, find_or_fetch
@@ -278,16 +332,10 @@ def _run_detector(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes become one line on stderr and a non-zero exit code."""
     args = build_parser().parse_args(argv)
+    commands = {"train": _run_train, "sample": _run_sample, "evaluate": _run_evaluate, "classifier": _run_classifier,
+                "detector": _run_detector, "serve": _run_serve, "export": _run_export}
     try:
-        if args.command == "train":
-            return _run_train(args)
-        if args.command == "sample":
-            return _run_sample(args)
-        if args.command == "classifier":
-            return _run_classifier(args)
-        if args.command == "detector":
-            return _run_detector(args)
-        return _run_evaluate(args)
+        return commands[args.command](args)
     except UserError as e:
         from acgan.distributed import rank_label  # under torchrun, say which rank failed
 

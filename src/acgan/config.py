@@ -19,6 +19,8 @@ SOURCE_LOSSES = ("bce", "hinge")
 CLASS_LOSSES = ("ce", "ce_real", "d2dce")
 G_CONDITIONING = ("concat", "cbn")
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
+EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
+SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # this machine only, unless --host says otherwise
 D2D_EMBED_DIM = 512  # ReACGAN's embedding size for the data-to-data class loss
 
 
