@@ -155,7 +155,8 @@ def tiny_cnn(num_classes: int = 10) -> torch.nn.Module:
     )
 
 
-def generator_checkpoint(path: Path, arch: str = "paper", step: int = 7, **config: object) -> Path:
+def generator_checkpoint(path: Path, arch: str = "paper", step: int = 7, class_names: tuple[str, ...] | None = None,
+                         **config: object) -> Path:
     """A checkpoint as acgan train writes it, of freshly initialised nets (no training): for sampling, serving
     and exporting tests, which need a real file but not a good generator."""
     from acgan.checkpoint import atomic_save
@@ -163,15 +164,16 @@ def generator_checkpoint(path: Path, arch: str = "paper", step: int = 7, **confi
     from acgan.data import SHAPE_NAMES
     from acgan.models import nets_for
 
-    cfg = TrainConfig(dataset="shapes", arch=arch, **config).resolved()
+    class_names = class_names or SHAPE_NAMES
+    cfg = TrainConfig(**{"dataset": "shapes", "arch": arch, **config}).resolved()
     torch.manual_seed(0)
-    G, D = nets_for(cfg, len(SHAPE_NAMES))
+    G, D = nets_for(cfg, len(class_names))
     with torch.no_grad():  # BatchNorm's running statistics as after training, not the (0, 1) of a fresh net
         for m in G.modules():
             if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     state = {"G": G.state_dict(), "D": D.state_dict(), "config": cfg.to_dict(), "step": step,
-             "class_names": list(SHAPE_NAMES)}
+             "class_names": list(class_names)}
     atomic_save(state, path)
     return path

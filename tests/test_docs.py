@@ -58,3 +58,30 @@ def test_every_local_link_resolves(page):
 def test_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 220, f"README.md has {len(lines)} lines; the long material belongs in docs/"
+
+
+def _readme_commands() -> list[str]:
+    """Every acgan command line in the README's bash blocks (after `&&`, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = []
+    for line in lines:
+        for part in line.split("&&"):
+            words = part.split()
+            if "acgan" in words:
+                commands.append(" ".join(words[words.index("acgan"):]))
+    return commands
+
+
+def test_every_readme_command_is_one_the_parser_accepts():
+    import shlex
+
+    from acgan.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 10 and any(c.startswith("acgan train --dataset shapes") for c in commands)
+    for command in commands:
+        try:
+            build_parser().parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"the README's command does not parse: {command}")

@@ -41,13 +41,15 @@ def test_the_python_api(checkpoint):
     assert G.sample(num=2).shape == (2 * len(SHAPE_NAMES), 3, 32, 32)  # no class: every class, one row each
 
 
-def test_the_readme_example_runs(checkpoint, monkeypatch, tmp_path):
+def test_the_readme_example_runs(monkeypatch, tmp_path):
     readme = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert len(code.strip().splitlines()) <= 6 and "load_generator" in code
     monkeypatch.chdir(tmp_path)
+    cifar = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     (tmp_path / "runs" / "00003-cifar10" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "runs" / "00003-cifar10" / "checkpoints" / "last.pt").write_bytes(checkpoint.read_bytes())
+    generator_checkpoint(tmp_path / "runs" / "00003-cifar10" / "checkpoints" / "last.pt", class_names=cifar,
+                         dataset="cifar10")
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
     images = scope["images"]
