@@ -25,7 +25,7 @@ import torch
 
 from acgan.config import EXPORT_FORMATS as FORMATS
 from acgan.errors import UserError
-from acgan.generator import CONFIG_FILE, WEIGHTS_FILE, TrainedGenerator, export_metadata
+from acgan.generator import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, TrainedGenerator
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted on images in [-1, 1]
@@ -43,6 +43,16 @@ def export_generator(gen: TrainedGenerator, fmt: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     writer(_on_cpu(gen), out)
     return out
+
+
+def export_metadata(gen: TrainedGenerator) -> dict:
+    """What an exported generator carries beside its weights (plain JSON)."""
+    c = gen.config
+    return {"acgan_export": EXPORT_FORMAT, "arch": c.arch, "nz": c.nz, "image_size": c.image_size,
+            "g_cond": c.g_cond, "num_classes": len(gen.class_names), "class_names": list(gen.class_names),
+            "step": gen.step, "train_config": c.to_dict(),
+            "inputs": {"z": "float32 (N, nz), standard normal", "y": "int64 (N,), class indices"},
+            "output": "float32 (N, 3, image_size, image_size) in [-1, 1]"}
 
 
 def _on_cpu(gen: TrainedGenerator) -> TrainedGenerator:

@@ -157,13 +157,3 @@ def _from_export(folder: Path, device: torch.device) -> TrainedGenerator:
         raise UserError(f"{folder / CONFIG_FILE} is not an acgan export (format {EXPORT_FORMAT})")
     config = config_from_dict(meta["train_config"]).resolved()
     return _assemble(weights, tuple(meta["class_names"]), config, int(meta["step"]), device)
-
-
-def export_metadata(gen: TrainedGenerator) -> dict:
-    """What an exported generator carries beside its weights (plain JSON)."""
-    c = gen.config
-    return {"acgan_export": EXPORT_FORMAT, "arch": c.arch, "nz": c.nz, "image_size": c.image_size,
-            "g_cond": c.g_cond, "num_classes": len(gen.class_names), "class_names": list(gen.class_names),
-            "step": gen.step, "train_config": c.to_dict(),
-            "inputs": {"z": "float32 (N, nz), standard normal", "y": "int64 (N,), class indices"},
-            "output": "float32 (N, 3, image_size, image_size) in [-1, 1]"}

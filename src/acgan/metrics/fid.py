@@ -27,7 +27,7 @@ def frechet_distance(
         raise ValueError(f"mismatched statistics: {mu1.shape}, {sigma1.shape} vs {mu2.shape}, {sigma2.shape}")
     diff = mu1 - mu2
     # Tr((S1 S2)^(1/2)) = Tr((R S2 R)^(1/2)) with R = S1^(1/2): a symmetric PSD matrix, so two eigh calls
-    # replace scipy's general sqrtm (10x faster at 2048-d, and no complex round-off to clean up).
+    # replace scipy's general sqrtm (much faster at 2048-d, and no complex round-off to clean up).
     w1, v1 = np.linalg.eigh(sigma1)
     root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
     eig = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
