@@ -168,8 +168,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     out = unused_path(args.out or default_out)
     # printed first: a disk that refuses the JSON must not take the numbers with it
     print(format_table(results))
-    print(f"{int(results['num_fake'])} images generated and scored in {seconds:.1f} s "
-          f"({results['num_fake'] / seconds:.0f} images/s on {device}, real statistics included)")
+    made = "generated and scored" if args.checkpoint is not None else f"of {args.real} scored"
+    print(f"{int(results['num_fake'])} images {made} in {seconds:.1f} s "
+          f"({results['num_fake'] / seconds:.1f} images/s on {device}, real statistics included)")
     write_json(results, out)
     print(f"wrote {out}")
     return 0
