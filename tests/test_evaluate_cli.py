@@ -114,3 +114,17 @@ def test_a_full_disk_at_the_json_loses_no_numbers_and_says_so_in_one_line(run_an
     assert any(line.startswith("fid") for line in captured.out.splitlines())  # the numbers were printed first
     assert len(errors) == 1 and errors[0].startswith("acgan evaluate: error: could not write")
     assert str(out) in errors[0] and "No space left on device" in errors[0] and "needs about" in errors[0]
+
+
+def test_a_prepared_directory_scores_as_the_data_it_was_prepared_from(run_and_detector, monkeypatch, tmp_path):
+    from acgan.data.prepare import decoded_source, prepare
+
+    monkeypatch.setenv("ACGAN_CACHE", str(tmp_path / "cache"))
+    _, detector = run_and_detector
+    prepared = tmp_path / "prepared"
+    prepare(decoded_source("shapes", None, 32, split="test"), prepared, show_progress=False)
+    out = tmp_path / "m.json"
+    # --real_split is CIFAR's and shapes' business: the prepared directory is the test split it was made from
+    assert main(["evaluate", "--real", str(prepared), "--real_dataset", "prepared", "--dataset", "shapes",
+                 "--split", "test", "--detector", str(detector), "--metrics", "fid", "--out", str(out)]) == 0
+    assert abs(json.loads(out.read_text())["fid"]) < 1e-6

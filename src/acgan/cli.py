@@ -1,4 +1,4 @@
-"""Command line: `acgan train|sample|evaluate|classifier|detector|serve|export`; parse, then call one function."""
+"""Command line: `acgan train|prepare|sample|evaluate|classifier|detector|serve|export`: parse, call one function."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from acgan.config import (
     SERVE_HOST,
     SERVE_PORT,
     SOURCE_LOSSES,
+    STREAM_MODES,
     TrainConfig,
 )
 from acgan.errors import UserError
@@ -83,11 +84,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "plots/ and tensorboard/.")
     g = p.add_argument_group("data")
     _flag(g, "dataset", "dataset", choices=DATASETS)
-    _flag(g, "root_dir", "CIFAR directory or .tar.gz, or the class-folder root for --dataset folder")
+    _flag(g, "root_dir", "CIFAR directory or .tar.gz, the class-folder root for --dataset folder, or the directory "
+          "`acgan prepare` wrote for --dataset prepared")
     _flag(g, "num_workers", "processes/threads that decode images while loading")
-    _flag(g, "image_size", "image side for --dataset folder (32, 64 or 128)")
+    _flag(g, "image_size", "image side for --dataset folder (32, 64 or 128; --dataset prepared: the prepared size)")
     g.add_argument("--download", action="store_true", default=argparse.SUPPRESS,
                    help="download CIFAR into --root_dir if it is not there (md5-verified)")
+    _flag(g, "classes", "train on these classes only, renumbered in their order: names or indices, ranges too "
+          "(e.g. 0-9 or cat,dog) (default: all)", type=str)
+    g.add_argument("--class_names", dest="class_names_file", default=argparse.SUPPRESS, metavar="FILE",
+                   help="class names for --dataset folder's class folders: JSON {folder: name} or '<folder> <name>' "
+                   "lines, as ImageNet's LOC_synset_mapping.txt (default: the folder names)")
+    _flag(g, "stream", "auto = keep the data on the training device when it fits a share of the device's memory, "
+          "else stream batches from host memory or a prepared memory map; on/off force it", choices=STREAM_MODES)
     g = p.add_argument_group("model and optimisation (the original implementation's flags and defaults)")
     _flag(g, "batch_size", "images per step per process")
     _flag(g, "nz", "noise dimensions fed to G")
@@ -155,8 +164,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="a checkpoint written by acgan train")
     src.add_argument("--real", type=Path, help="an image set to score instead of a generator (see --real_dataset)")
-    p.add_argument("--real_dataset", choices=DATASETS, default="folder", help="format of --real (default: folder)")
-    p.add_argument("--real_split", choices=("train", "test"), default="test", help="split of --real (default: test)")
+    p.add_argument("--real_dataset", choices=DATASETS, default="folder",
+                   help="format of --real: folder (32 px) or prepared (its own size), or a CIFAR (default: folder)")
+    p.add_argument("--real_split", choices=("train", "test"), default="test",
+                   help="CIFAR/shapes split of --real; a folder or prepared directory is its own split (default: test)")
     ev = EVAL_DEFAULTS
     p.add_argument("--metrics", default=ev.metrics,
                    help=f"comma-separated: fid,is,kid,pr,ifid,msssim,cacc (default: {ev.metrics})")
@@ -189,8 +200,10 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
                            "cacc` finds it, or to --out.")
     t.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset, help=_default("dataset"))
     t.add_argument("--root_dir", default=DEFAULTS.root_dir, help=f"as for acgan train {_default('root_dir')}")
-    t.add_argument("--image_size", type=int, default=DEFAULTS.image_size,
-                   help=f"image side; must match the GAN's {_default('image_size')}")
+    t.add_argument("--image_size", type=int, help="image side; must match the GAN's (default: a prepared "
+                   "dataset's own, else 32)")
+    t.add_argument("--classes", help="as for acgan train: the classes of a --classes run (default: all)")
+    t.add_argument("--class_names", dest="class_names_file", metavar="FILE", help="as for acgan train")
     t.add_argument("--download", action="store_true", help="download CIFAR into --root_dir if it is not there")
     t.add_argument("--epochs", type=int, default=clf.epochs, help=f"epochs; {clf.epochs} give about 91%% on "
                    f"CIFAR-10 (seconds on a GPU); on a CPU 4 give about 87%% in 10-15 minutes (default: {clf.epochs})")
@@ -203,6 +216,31 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers,
                    help=f"image decoding workers {_default('num_workers')}")
     t.add_argument("--out", type=Path, help="where to write it (default: $ACGAN_CACHE/classifiers/<data hash>.pt)")
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="decode a dataset once into a memory-mappable directory",
+                       description="Decode every image once (in parallel, resumable: run the same command again "
+                       "after an interruption) into --out: one uint8 image file that training memory-maps, labels, "
+                       "and manifest.json (count, size, class names, content hash, source, images left out). "
+                       "Then: acgan train --dataset prepared --root_dir OUT.")
+    p.add_argument("--dataset", choices=[d for d in DATASETS if d != "prepared"], default="folder",
+                   help="what to prepare (default: folder; ImageNet's train/<wnid>/*.JPEG is a folder dataset)")
+    p.add_argument("--root_dir", required=True, help="as for acgan train: the class-folder root or the CIFAR data")
+    p.add_argument("--image_size", type=int, default=DEFAULTS.image_size,
+                   help=f"square side the images are resized and center-cropped to {_default('image_size')}")
+    p.add_argument("--out", type=Path, required=True, help="a new or empty directory (or one being prepared)")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="CIFAR split (default: train)")
+    p.add_argument("--classes", help="only these classes, renumbered in their order: names or indices, ranges too "
+                   "(e.g. 0-9) (default: all)")
+    p.add_argument("--class_names", dest="class_names_file", metavar="FILE",
+                   help="class names for the class folders: JSON {folder: name} or '<folder> <name>' lines")
+    p.add_argument("--num_workers", type=int, default=DEFAULTS.num_workers,
+                   help=f"decoding processes {_default('num_workers')}")
+    p.add_argument("--skip_bad", action="store_true",
+                   help="leave unreadable images out and list them in the manifest (default: stop at the first, "
+                   "naming it)")
+    p.add_argument("--download", action="store_true", help="download CIFAR into --root_dir if it is not there")
 
 
 def _add_detector(sub: argparse._SubParsersAction) -> None:
@@ -250,13 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="acgan", description="Auxiliary Classifier GANs: train, sample, evaluate; classifiers "
                      "for the cacc metric.")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,sample,evaluate,classifier,detector,serve,export}",
+                                metavar="{train,prepare,sample,evaluate,classifier,detector,serve,export}",
                                 parser_class=_Parser)
     _add_train(sub)
     _add_sample(sub)
     _add_evaluate(sub)
     _add_classifier(sub)
     _add_detector(sub)
+    _add_prepare(sub)
     _add_serve(sub)
     _add_export(sub)
     return parser
@@ -266,6 +305,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from acgan.train import train
 
     given = {k: v for k, v in vars(args).items() if k != "command"}
+    if given.get("dataset") == "prepared" and "image_size" not in given and not given.get("resume"):
+        from acgan.data.prepared import read_manifest
+
+        given["image_size"] = read_manifest(given.get("root_dir", DEFAULTS.root_dir))["image_size"]
     config = TrainConfig(**given)
     train(config, explicit=frozenset(given))
     return 0
@@ -283,16 +326,17 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from acgan.metrics.run import evaluate_command
+# Commands whose whole body lives in the module that owns the work; imported only when run, so --help stays fast.
+_DELEGATED = {"evaluate": ("acgan.metrics.run", "evaluate_command"),
+              "classifier": ("acgan.metrics.classifier", "train_command"),
+              "prepare": ("acgan.data.prepare", "prepare_command")}
 
-    return evaluate_command(args)
 
+def _run_delegated(args: argparse.Namespace) -> int:
+    import importlib
 
-def _run_classifier(args: argparse.Namespace) -> int:
-    from acgan.metrics.classifier import train_command
-
-    return train_command(args)
+    module, function = _DELEGATED[args.command]
+    return getattr(importlib.import_module(module), function)(args)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -332,8 +376,8 @@ def _run_detector(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes become one line on stderr and a non-zero exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _run_train, "sample": _run_sample, "evaluate": _run_evaluate, "classifier": _run_classifier,
-                "detector": _run_detector, "serve": _run_serve, "export": _run_export}
+    commands = {"train": _run_train, "sample": _run_sample, "detector": _run_detector, "serve": _run_serve,
+                "export": _run_export, **dict.fromkeys(_DELEGATED, _run_delegated)}
     try:
         return commands[args.command](args)
     except UserError as e:

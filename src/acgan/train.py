@@ -19,7 +19,7 @@ from acgan.checkpoint import (
     resolve_resume,
 )
 from acgan.config import TrainConfig, merge_resumed_config, write_config_json
-from acgan.data import EpochSampler, ImageDataset, load_dataset
+from acgan.data import EpochSampler, ImageDataset, load_dataset, make_sampler, release_pages
 from acgan.device import resolve_device
 from acgan.errors import UserError
 from acgan.generator import class_grid_inputs
@@ -45,7 +45,8 @@ SAMPLES_PER_CLASS = 10
 
 def load_train_data(config: TrainConfig, info: dist_utils.DistInfo) -> ImageDataset:
     """The training split; under torchrun rank 0 downloads first so ranks never race on one file."""
-    kwargs = dict(split="train", image_size=config.image_size, num_workers=config.num_workers, seed=config.seed)
+    kwargs = dict(split="train", image_size=config.image_size, num_workers=config.num_workers, seed=config.seed,
+                  classes=config.classes, class_names_file=config.class_names_file)
     if info.distributed and config.download:
         if info.is_main:
             load_dataset(config.dataset, config.root_dir, download=True, **kwargs)
@@ -109,8 +110,10 @@ def make_evaluator(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     classifier = open_classifier(metrics, config.classifier, dataset, device)
 
     def evaluate(G: nn.Module) -> dict[str, float]:
-        return evaluate_generator(G, dataset, metrics, num_samples=config.eval_samples, detector=detector,
-                                  classifier=classifier, seed=config.seed)
+        results = evaluate_generator(G, dataset, metrics, num_samples=config.eval_samples, detector=detector,
+                                     classifier=classifier, seed=config.seed)
+        release_pages(dataset)  # a pass over a prepared file's map need not stay in this process's RSS
+        return results
 
     return evaluate
 
@@ -211,8 +214,8 @@ def _setup(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     # a node that cannot see the checkpoint would silently train from scratch beside the others
     dist_utils.check_agree(tr.step, "the step to resume from (every node must see --outdir/--resume)", info)
     run_dir = prepare_run_dir(config, ckpt_path, info)
-    sampler = EpochSampler(dataset, config.batch_size, device=device, seed=config.seed,
-                           rank=info.rank, world_size=info.world_size)
+    sampler, placement = make_sampler(dataset, config.batch_size, device=device, seed=config.seed, rank=info.rank,
+                                      world_size=info.world_size, stream=config.stream)
     if state is not None:  # the saved position counts batches of the saved world size
         tr.epoch, tr.batch = dist_utils.reshard_position(tr.epoch, tr.batch, int(state.get("world_size", 1)),
                                                          info.world_size, sampler.num_batches)
@@ -221,10 +224,12 @@ def _setup(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
         write_config_json(config, run_dir / "config.json", {
             "class_names": list(dataset.class_names), "num_images": len(dataset), "world_size": info.world_size,
             "global_batch_size": global_batch, "resolved_device": str(device), "resolved_precision": precision,
+            "data_placement": sampler.placement,
             "precision_seconds_per_step": probe,
             "total_steps": total, "params_G": count_parameters(tr.G_raw), "params_D": count_parameters(tr.D_raw)})
         print(f"run {run_dir}: {len(dataset)} images, {K} classes, {device}, {precision}, "
               f"global batch {global_batch}, steps {tr.step} -> {total}")
+        print(placement)
     return config, dataset, tr, run_dir, sampler, precision
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +25,13 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 class ImageDataset:
     """Square RGB images as one uint8 tensor, with int64 class labels and class names."""
 
-    images: torch.Tensor  # (N, 3, H, W) uint8, CPU, contiguous
+    images: torch.Tensor  # (N, 3, H, W) uint8, CPU, contiguous (in RAM, or a view of a memory-mapped file)
     labels: torch.Tensor  # (N,) int64, values in [0, num_classes)
     class_names: tuple[str, ...]
+    # A prepared dataset's: its manifest's content hash (hashing gigabytes on every open would take minutes),
+    # and the file behind `images` (acgan.data.prepared.ImageFile), which streaming reads without mapping.
+    key: str | None = field(default=None, compare=False)
+    backing: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Check the invariants once so every consumer can rely on them."""
@@ -62,13 +68,22 @@ class ImageDataset:
 
     def content_hash(self) -> str:
         """Sha256 hex digest of images, labels and class names, to key cached statistics."""
-        digest = hashlib.sha256()
-        # The shape goes in too, so the same bytes laid out at another resolution hash differently.
-        digest.update(repr(tuple(self.images.shape)).encode())
-        digest.update(memoryview(self.images.numpy()).cast("B"))
-        digest.update(memoryview(self.labels.numpy()).cast("B"))
-        digest.update("\0".join(self.class_names).encode("utf-8"))
-        return digest.hexdigest()
+        if self.key is not None:
+            return self.key
+        return hash_content(tuple(self.images.shape), [self.images.numpy()], self.labels.numpy(), self.class_names)
+
+
+def hash_content(shape: tuple[int, ...], image_chunks: Iterable[object], labels: object,
+                 class_names: Iterable[str]) -> str:
+    """The content hash of a dataset whose uint8 image bytes come in chunks (in order): one definition for all."""
+    digest = hashlib.sha256()
+    # The shape goes in too, so the same bytes laid out at another resolution hash differently.
+    digest.update(repr(tuple(shape)).encode())
+    for chunk in image_chunks:
+        digest.update(memoryview(chunk).cast("B"))
+    digest.update(memoryview(labels).cast("B"))
+    digest.update("\0".join(class_names).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def resize_images(images: torch.Tensor, image_size: int) -> torch.Tensor:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from acgan.data.classes import parse_classes, read_class_names
 from acgan.data.dataset import ImageDataset
 from acgan.errors import UserError
 
@@ -22,8 +24,32 @@ MAX_IMAGE_PIXELS = 100_000_000
 _BACKGROUND = (255, 255, 255)
 
 
-def load_folder(root_dir: str | Path | None, *, image_size: int = 32, num_workers: int = 0) -> ImageDataset:
+def load_folder(root_dir: str | Path | None, *, image_size: int = 32, num_workers: int = 0,
+                classes: str | None = None, class_names_file: str | Path | None = None) -> ImageDataset:
     """Decode every image under root_dir/<class>/ to square RGB (shorter side resized, center crop)."""
+    listing = list_folder(root_dir, classes=classes, class_names_file=class_names_file)
+    images = decode_images(listing.paths, image_size, num_workers)  # (N, 3, S, S) uint8
+    return ImageDataset(
+        images=torch.from_numpy(images),
+        labels=torch.from_numpy(listing.labels),
+        class_names=listing.class_names,
+    )
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """The image files of a class-folder tree, their labels and class names, before any decoding."""
+
+    root: Path
+    paths: list[Path]
+    labels: np.ndarray  # (N,) int64
+    class_names: tuple[str, ...]
+    class_keys: tuple[str, ...]  # the folder name of each class (ImageNet: its wnid)
+
+
+def list_folder(root_dir: str | Path | None, *, classes: str | None = None,
+                class_names_file: str | Path | None = None) -> FolderListing:
+    """List root_dir/<class>/ images: class folders sorted by name; --classes picks and renumbers them in order."""
     if root_dir is None:
         raise UserError("the folder dataset needs a data directory holding one subfolder per class")
     root = Path(root_dir).expanduser()
@@ -33,21 +59,20 @@ def load_folder(root_dir: str | Path | None, *, image_size: int = 32, num_worker
                         key=lambda p: p.name)
     if not class_dirs:
         raise UserError(f"image folder {root} has no class subfolders (expected {root}/<class_name>/*.png)")
+    keys = tuple(d.name for d in class_dirs)
+    names = read_class_names(class_names_file, keys) if class_names_file is not None else keys
+    chosen = parse_classes(classes, keys, names) if classes is not None else list(range(len(keys)))
     paths: list[Path] = []
     labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        files = list_images(class_dir)
+    for label, index in enumerate(chosen):  # only the chosen folders are listed: a 10-class subset of ImageNet is quick
+        files = list_images(class_dirs[index])
         if not files:
             exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise UserError(f"class folder {class_dir} has no images ({exts})")
+            raise UserError(f"class folder {class_dirs[index]} has no images ({exts})")
         paths += files
         labels += [label] * len(files)
-    images = decode_images(paths, image_size, num_workers)  # (N, S, S, 3) uint8
-    return ImageDataset(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        class_names=tuple(d.name for d in class_dirs),
-    )
+    return FolderListing(root, paths, np.asarray(labels, dtype=np.int64), tuple(names[i] for i in chosen),
+                         tuple(keys[i] for i in chosen))
 
 
 def list_images(class_dir: Path) -> list[Path]:
@@ -62,11 +87,12 @@ def list_images(class_dir: Path) -> list[Path]:
 
 
 def decode_images(paths: list[Path], image_size: int, num_workers: int = 0) -> np.ndarray:
-    """Decode paths into one (N, S, S, 3) uint8 array, in parallel threads when num_workers > 0."""
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    """Decode paths into one (N, 3, S, S) uint8 array, in parallel threads when num_workers > 0."""
+    # channels first as each image lands: a permute of the whole array afterwards would hold it twice
+    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
 
     def work(i: int) -> None:
-        out[i] = load_image(paths[i], image_size)
+        out[i] = load_image(paths[i], image_size).transpose(2, 0, 1)
 
     if num_workers > 0:
         # Threads suffice: PIL releases the GIL while decoding and resampling.
@@ -122,6 +148,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def resize_center_crop(im: Image.Image, image_size: int) -> Image.Image:
     """Resize the shorter side to image_size and center-crop, as one resample of the central square."""
     width, height = im.size
+    if width == height == image_size:
+        return im  # already the target: a resample at scale 1 would only cost time
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     resample = Image.Resampling.LANCZOS if side > image_size else Image.Resampling.BICUBIC

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from acgan.checkpoint import atomic_save, load_weights
 from acgan.config import CLASSIFIER_DEFAULTS, EVAL_BATCH
-from acgan.data import ImageDataset, load_dataset, to_float
+from acgan.data import ONE_SPLIT_DATASETS, ImageDataset, load_dataset, read_manifest, to_float
 from acgan.device import resolve_device
 from acgan.errors import UserError
 from acgan.metrics.cacc import classifier_accuracy
@@ -272,16 +272,19 @@ def train_command(args: argparse.Namespace) -> int:
         raise UserError("--epochs, --batch_size, --width and --lr must be positive")
     if args.out is not None:
         refuse_existing(args.out)
-    data = load_dataset(args.dataset, args.root_dir, split="train", image_size=args.image_size,
+    if args.image_size is None:  # a prepared dataset's own size, else CIFAR's
+        args.image_size = read_manifest(args.root_dir)["image_size"] if args.dataset == "prepared" else 32
+    subset = {"classes": args.classes, "class_names_file": args.class_names_file}
+    data = load_dataset(args.dataset, args.root_dir, split="train", image_size=args.image_size, **subset,
                         num_workers=args.num_workers, download=args.download)
     dataset_key = data.content_hash()  # what `acgan evaluate` and training look the classifier up by
     out = args.out or default_classifier_path(dataset_key)
     refuse_existing(out)
-    if args.dataset == "folder":
+    if args.dataset in ONE_SPLIT_DATASETS:  # hold a tenth out
         train_set, test_set = split_holdout(data)
     else:
         train_set = data
-        test_set = load_dataset(args.dataset, args.root_dir, split="test", image_size=args.image_size)
+        test_set = load_dataset(args.dataset, args.root_dir, split="test", image_size=args.image_size, **subset)
     device = resolve_device(args.device)
     print(f"training a classifier on {len(train_set)} {args.dataset} images ({train_set.num_classes} classes, "
           f"{train_set.image_size}px) on {device}; testing on {len(test_set)}")

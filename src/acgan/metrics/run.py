@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from acgan.config import EVAL_BATCH
-from acgan.data import ImageDataset, load_dataset, to_uint8
+from acgan.data import ONE_SPLIT_DATASETS, ImageDataset, load_dataset, read_manifest, to_uint8
 from acgan.device import resolve_device
 from acgan.errors import UserError
 from acgan.metrics.cacc import ImageClassifier
@@ -65,7 +65,8 @@ def open_detector(metrics: Sequence[str], detector: str | Path | None, device: t
 
 def open_classifier(metrics: Sequence[str], path: str | Path | None, reference: ImageDataset, device: torch.device,
                     *, dataset_name: str | None = None, root_dir: str | Path | None = None, split: str = "train",
-                    num_workers: int = 0) -> Classifier | None:
+                    num_workers: int = 0, classes: str | None = None,
+                    class_names_file: str | None = None) -> Classifier | None:
     """The classifier for `cacc` (None when not asked for), checked against the reference's classes and size."""
     if "cacc" not in parse_metrics(metrics):
         return None
@@ -75,7 +76,8 @@ def open_classifier(metrics: Sequence[str], path: str | Path | None, reference: 
         if split != "train" and dataset_name is None:
             raise ValueError("open_classifier needs dataset_name to find the classifier of a test-split reference")
         train = reference if split == "train" else load_reference(dataset_name, root_dir, "train",
-                                                                    reference.image_size, num_workers)
+                                                                    reference.image_size, num_workers, classes,
+                                                                    class_names_file)
         path = default_classifier_path(train.content_hash())
         if not path.is_file():
             flags = f"--dataset {dataset_name or '...'}" + (f" --root_dir {root_dir}" if root_dir is not None else "")
@@ -127,10 +129,11 @@ def evaluate_datasets(candidate: ImageDataset, reference: ImageDataset, metrics:
                            classifier=classifier, fake_key=candidate.content_hash())
 
 
-def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_size: int,
-                   num_workers: int) -> ImageDataset:
-    """The real images metrics compare against."""
-    return load_dataset(dataset, root_dir, split=split, image_size=image_size, num_workers=num_workers)
+def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_size: int, num_workers: int,
+                   classes: str | None = None, class_names_file: str | None = None) -> ImageDataset:
+    """The real images metrics compare against (a run's --classes subset of them, named as it named them)."""
+    return load_dataset(dataset, root_dir, split=split, image_size=image_size, num_workers=num_workers,
+                        classes=classes, class_names_file=class_names_file if dataset == "folder" else None)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -147,9 +150,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         trained = load_generator(args.checkpoint, device)
         G, config, step = trained.net, trained.config, trained.step
         dataset, root_dir = args.dataset or config.dataset, args.root_dir or config.root_dir
-        reference = load_reference(dataset, root_dir, args.split, config.image_size, args.num_workers)
+        subset = {"classes": config.classes, "class_names_file": config.class_names_file}
+        reference = load_reference(dataset, root_dir, args.split, config.image_size, args.num_workers, **subset)
         classifier = open_classifier(metrics, args.classifier, reference, device, dataset_name=dataset,
-                                     root_dir=root_dir, split=args.split, num_workers=args.num_workers)
+                                     root_dir=root_dir, split=args.split, num_workers=args.num_workers, **subset)
         results = evaluate_generator(G, reference, metrics, num_samples=args.num_samples, detector=detector,
                                      seed=args.seed, batch_size=args.batch_size, classifier=classifier)
         run_dir = args.checkpoint.resolve().parent.parent
@@ -157,7 +161,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     else:
         if args.dataset is None or (args.root_dir is None and args.dataset != "shapes"):
             raise UserError("--real needs --dataset and --root_dir for the reference images")
-        candidate = load_reference(args.real_dataset, args.real, args.real_split, 32, args.num_workers)
+        # a folder or prepared directory is one split: its own, whatever --real_split says
+        split = "train" if args.real_dataset in ONE_SPLIT_DATASETS else args.real_split
+        size = read_manifest(args.real)["image_size"] if args.real_dataset == "prepared" else 32
+        candidate = load_reference(args.real_dataset, args.real, split, size, args.num_workers)
         reference = load_reference(args.dataset, args.root_dir, args.split, candidate.image_size, args.num_workers)
         classifier = open_classifier(metrics, args.classifier, reference, device, dataset_name=args.dataset,
                                      root_dir=args.root_dir, split=args.split, num_workers=args.num_workers)
