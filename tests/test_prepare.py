@@ -18,6 +18,7 @@ from acgan.errors import UserError
 from tests.data_fixtures import write_cifar
 
 CLASSES = ("cat", "dog", "fox")
+_real_finish = prep._finish  # kept, for tests that stop a run before it and then let one finish
 
 
 def make_jpeg_folder(root: Path, per_class: int = 7, size: int = 20, seed: int = 0) -> Path:
@@ -167,3 +168,18 @@ def test_prepare_cli_with_classes_and_a_class_names_file(tmp_path, capsys):
     assert manifest["source"]["class_keys"] == ["cat", "fox"] and manifest["source"]["classes"] == "fox,cat"
     assert main(["prepare", "--root_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_bad_file_fixed_before_the_resume_is_taken_in(tmp_path, small_chunks, monkeypatch):
+    src = make_jpeg_folder(tmp_path / "src")
+    bad = src / "dog" / "1-003.jpg"
+    good = bad.read_bytes()
+    bad.write_bytes(b"broken")
+    monkeypatch.setattr(prep, "_finish", lambda *a: None)  # stopped after the chunks, before the manifest
+    prepare(folder_source(src, 16), tmp_path / "out", num_workers=0, skip_bad=True, show_progress=False)
+    monkeypatch.setattr(prep, "_finish", _real_finish)
+    with pytest.raises(UserError, match=r"1-003\.jpg"):  # without --skip_bad the verdict on record still stops it
+        prepare(folder_source(src, 16), tmp_path / "out", num_workers=0, show_progress=False)
+    bad.write_bytes(good)
+    manifest = prepare(folder_source(src, 16), tmp_path / "out", num_workers=0, show_progress=False)
+    assert manifest["num_images"] == 21 and manifest["skipped"] == []

@@ -101,3 +101,21 @@ def test_training_from_a_prepared_stream_and_its_resume_match_the_in_ram_run(pre
     for net in ("G", "D"):
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net])
     assert '"data_placement": "stream"' in (resumed / "config.json").read_text()
+
+
+def test_train_cli_takes_a_prepared_directory_s_image_size_and_names_a_missing_one(tmp_path, capsys):
+    from acgan.cli import main
+    from acgan.data.prepare import folder_source
+    from tests.test_prepare import make_jpeg_folder
+
+    prepared = tmp_path / "prepared"
+    prepare(folder_source(make_jpeg_folder(tmp_path / "src", per_class=2), 64), prepared, show_progress=False)
+    args = ["train", "--dataset", "prepared", "--batch_size", "4", "--max_steps", "1", "--num_workers", "0",
+            "--outdir", str(tmp_path / "runs")]
+    assert main([*args, "--root_dir", str(prepared)]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert '"image_size": 64' in (run_dir / "config.json").read_text()
+    capsys.readouterr()  # the first run's progress bar
+    assert main([*args, "--root_dir", str(tmp_path / "src")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a prepared dataset" in err[0]

@@ -165,10 +165,15 @@ def _run_chunks(source: Source, part: Path, todo: list[int], progress: dict[str,
                 index, message = bad[0]
                 raise UserError(f"{message} (pass --skip_bad to leave unreadable images out; the images "
                                 "prepared so far are kept for the next run)")
+            first = chunk * CHUNK_IMAGES  # a redone chunk's old verdicts go: its files may have been fixed
+            progress["bad"] = {k: m for k, m in progress["bad"].items() if not first <= int(k) < first + CHUNK_IMAGES}
             progress["done"][str(chunk)] = source.chunk_key(chunk)
             progress["bad"].update({str(i): m for i, m in bad})
             _write_json(out_dir / PROGRESS_FILE, progress)
             bar.update(min(CHUNK_IMAGES, source.num_images - chunk * CHUNK_IMAGES))
+    if progress["bad"] and not skip_bad:  # left by an earlier run with --skip_bad
+        first_bad = min(progress["bad"], key=int)
+        raise UserError(f"{progress['bad'][first_bad]} (pass --skip_bad to leave unreadable images out)")
 
 
 def _results(source: Source, part: Path, todo: list[int], num_workers: int) -> Iterator[tuple[int, list]]:

@@ -82,6 +82,7 @@ def open_classifier(metrics: Sequence[str], path: str | Path | None, reference: 
         if not path.is_file():
             flags = f"--dataset {dataset_name or '...'}" + (f" --root_dir {root_dir}" if root_dir is not None else "")
             flags += f" --image_size {reference.image_size}" if reference.image_size != 32 else ""
+            flags += f" --classes {classes}" if classes else ""
             raise UserError(f"no classifier for this dataset at {path}: train one with `acgan classifier train "
                             f"{flags}` or pass --classifier")
     classifier = load_classifier(path, device)
