@@ -35,7 +35,15 @@ from acgan.data import EpochSampler, ImageDataset, load_dataset
 from acgan.distributed import DistInfo
 from acgan.metrics.cache import default_cache_dir
 from acgan.models import Discriminator, Generator
-from acgan.precision import autocast, choose_precision, cpu_name, describe_choice, probe_key, resolve_precision
+from acgan.precision import (
+    autocast,
+    choose_precision,
+    cpu_name,
+    describe_choice,
+    kernel_seconds,
+    probe_key,
+    resolve_precision,
+)
 from acgan.trainer import StepOptions, build_trainer, step_timer, train_step
 
 
@@ -101,10 +109,11 @@ def reference_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch
 
 
 def acgan_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch.device, batch: int,
-               precision: str, arch: str = "paper", compile_mode: str = "off") -> float:
-    """Images/s of acgan's own training step with the arch's default recipe."""
+               precision: str, arch: str = "paper", compile_mode: str = "off",
+               memory_format: torch.memory_format | None = None) -> float:
+    """Images/s of acgan's own training step with the arch's default recipe (nets in the device's layout)."""
     config = DEFAULTS.replace(batch_size=batch, precision=precision, arch=arch, compile=compile_mode).resolved()
-    tr = build_trainer(config, dataset.num_classes, device, DistInfo())
+    tr = build_trainer(config, dataset.num_classes, device, DistInfo(), memory_format=memory_format)
     sampler = EpochSampler(dataset, batch, device=device, seed=0)
     amp = autocast(device, resolve_precision(precision, device))
     opts = StepOptions.from_config(config, dataset.num_classes)
@@ -138,6 +147,28 @@ def matmul_gflops(precision: str, device: torch.device, n: int = 2048, repeats: 
         a @ b
     _sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def usable_precisions(device: torch.device) -> dict[str, float | None]:
+    """Each precision with its matmul slowdown against fp32 on a CPU, None where it is worth timing."""
+    # bf16 on a CPU without native bf16 runs its matmuls tens of times slower: timing training steps or a 2048^2
+    # matmul in it would take most of an hour and say only what this one small matmul already says
+    if device.type != "cpu":
+        return {"fp32": None, "bf16": None}
+    base = kernel_seconds("fp32")
+    return {p: (None if (ratio := kernel_seconds(p) / base) <= 2 else ratio) for p in ("fp32", "bf16")}
+
+
+def layout_ab(dataset: ImageDataset, rounds: int, steps: int, warmup: int, device: torch.device, batch: int,
+              precision: str, arch: str) -> dict[str, list[float]]:
+    """Images/s of acgan's step with NCHW and with channels_last nets, alternating, `rounds` runs of each."""
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    rates: dict[str, list[float]] = {name: [] for name in layouts}
+    for _ in range(rounds):  # alternating, so that a busy spell of a shared machine hits both alike
+        for name, layout in layouts.items():
+            rates[name].append(acgan_loop(dataset, steps, warmup, device, batch, precision, arch,
+                                          memory_format=layout))
+    return rates
 
 
 def step_gflop_per_image(arch: str, batch: int, num_classes: int, device: torch.device) -> float:
@@ -189,6 +220,8 @@ def main() -> None:
     ap.add_argument("--compile", default="off", choices=("off", "on"))
     ap.add_argument("--skip_reference", action="store_true")
     ap.add_argument("--all_precisions", action="store_true", help="also time every fixed precision")
+    ap.add_argument("--layout_ab", type=int, default=0, metavar="ROUNDS",
+                    help="also time NCHW against channels_last nets, alternating, ROUNDS runs of each")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -203,10 +236,12 @@ def main() -> None:
         else resolve_precision(a.precision, device)
     # acgan first: the reference's DataLoader worker processes would otherwise linger beside it
     ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision, a.arch, a.compile)
+    slowdown = usable_precisions(device)
     fixed = {p: round(acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, p, a.arch, a.compile), 1)
-             for p in ("fp32", "bf16")} if a.all_precisions else {}
+             for p, slow in slowdown.items() if slow is None} if a.all_precisions else {}
+    layouts = layout_ab(dataset, a.layout_ab, a.steps, a.warmup, device, a.batch_size, precision, a.arch)
     ref = None if a.skip_reference else reference_loop(dataset, a.steps, a.warmup, device, a.batch_size)
-    rates = {p: matmul_gflops(p, device) for p in ("fp32", "bf16")}
+    rates = {p: matmul_gflops(p, device) for p, slow in slowdown.items() if slow is None}
     gflop = step_gflop_per_image(a.arch, a.batch_size, dataset.num_classes, device)
     limit = max(rates.values()) / gflop
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -216,6 +251,8 @@ def main() -> None:
               "reference_images_per_s": None if ref is None else round(ref, 1),
               "acgan_images_per_s": round(ours, 1), "ratio": None if ref is None else round(ours / ref, 2),
               "fixed_precision_images_per_s": fixed,
+              "unusable_precisions": {p: round(slow, 1) for p, slow in slowdown.items() if slow is not None},
+              "layout_images_per_s": {k: [round(v, 1) for v in vs] for k, vs in layouts.items()} if a.layout_ab else {},
               "matmul_gflops": {p: round(r, 1) for p, r in rates.items()}, "step_gflop_per_image": round(gflop, 4),
               "limit_images_per_s": round(limit, 1), "fraction_of_limit": round(ours / limit, 3),
               "peak_rss_mb": round(_peak_rss_mb()),
@@ -231,8 +268,13 @@ def main() -> None:
     print(f"{label:<30}{ours:8.1f} images/s")
     for p, ips in fixed.items():
         print(f"{'acgan (' + a.arch + ', ' + p + ' fixed):':<30}{ips:8.1f} images/s")
+    for name, runs in result["layout_images_per_s"].items():
+        print(f"{'acgan (' + precision + ', ' + name + '):':<30}{sorted(runs)[len(runs) // 2]:8.1f} images/s "
+              f"(median of {', '.join(map(str, runs))})")
     if ref is not None:
         print(f"ratio: {ours / ref:.2f}x")
+    for p, slow in result["unusable_precisions"].items():
+        print(f"{p}: not timed, its matmuls run {slow:.0f}x slower than fp32 here")
     figures = ", ".join(f"{p} {r:.0f}" for p, r in rates.items())
     print(f"limit: best matmul {max(rates.values()):.0f} GFLOP/s ({figures}) / {gflop:.3f} GFLOP per image = "
           f"{limit:.0f} images/s; acgan reaches {ours / limit:.2f} of it")

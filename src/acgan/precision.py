@@ -16,6 +16,9 @@ import torch
 
 CPU_CANDIDATES = ("fp32", "bf16")
 PROBE_FILE = "precision.json"
+# What the probe times is acgan's own step: a record measured on an older step is not reused.
+# 2: the nets run channels_last on CPUs.
+STEP_VERSION = 2
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -42,8 +45,9 @@ def cpu_name() -> str:
 
 
 def probe_key(**run: Any) -> str:
-    """What a measured choice depends on: this CPU, its thread count, torch, and the run's nets and batch."""
-    parts = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, **run}
+    """What a measured choice depends on: this CPU, its thread count, torch, acgan's step, the run's nets and batch."""
+    parts = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "step_version": STEP_VERSION, **run}
     return json.dumps(parts, sort_keys=True)
 
 
@@ -128,6 +132,15 @@ def describe_choice(precision: str, times: Mapping[str, float], measured: bool, 
     figures = ", ".join([f"{p} {t * 1000:.0f} ms/step" for t, p in timed] + skipped)
     how = f"measured on this {cpu_name()}" if measured else f"as measured before ({Path(cache_dir) / PROBE_FILE})"
     return f"precision auto -> {precision} ({figures}; {how})"
+
+
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """The nets' weight layout: channels_last on CPUs, the default (contiguous NCHW) elsewhere."""
+    # oneDNN's CPU convolutions work in NHWC-like layouts: NCHW weights and activations are re-laid-out around
+    # every call, forward and backward (benchmarks/README.md has the measured step times). Convolutions follow
+    # their weights' layout, so converting the nets is enough; inputs need no conversion. On GPUs the nets
+    # stay as they were measured (docs/performance.md).
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def should_compile(mode: str, device: torch.device) -> bool:

@@ -17,7 +17,7 @@ from acgan.ema import ema_decay, make_ema, update_ema
 from acgan.errors import UserError
 from acgan.losses import Objective
 from acgan.models import nets_for
-from acgan.precision import autocast, maybe_compile
+from acgan.precision import autocast, maybe_compile, memory_format_for
 
 D_STAT_KEYS = ("loss_D_real", "loss_D_fake", "D_x", "D_G_z1", "acc_real", "acc_fake")
 G_STAT_KEYS = ("loss_G", "D_G_z2")
@@ -96,11 +96,12 @@ class Trainer:
         return self.G_ema if self.G_ema is not None else self.G_raw
 
 
-def build_trainer(config: TrainConfig, num_classes: int, device: torch.device,
-                  info: dist_utils.DistInfo) -> Trainer:
-    """The nets of --arch and their Adam optimizers, wrapped in DDP under torchrun (config must be resolved)."""
+def build_trainer(config: TrainConfig, num_classes: int, device: torch.device, info: dist_utils.DistInfo,
+                  memory_format: torch.memory_format | None = None) -> Trainer:
+    """The nets of --arch in the device's layout and their Adam optimizers, wrapped in DDP under torchrun."""
     config = config.resolved()
-    G_raw, D_raw = (net.to(device) for net in nets_for(config, num_classes))
+    layout = memory_format_for(device) if memory_format is None else memory_format
+    G_raw, D_raw = (net.to(device, memory_format=layout) for net in nets_for(config, num_classes))
     if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
         if device.type != "cuda":
             raise UserError("--sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
@@ -216,12 +217,24 @@ def trainer_state(tr: Trainer, config: TrainConfig, class_names: tuple[str, ...]
             "world_size": world_size, **tr.extra}
 
 
+def match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout (in place of the one it was saved in)."""
+    # Fused Adam walks a parameter and its moments as flat memory: moments saved by a run in another layout
+    # (an NCHW checkpoint resumed on a CPU, where the nets are channels_last) would be applied to the wrong
+    # elements without any error.
+    for p, st in opt.state.items():
+        for name, t in st.items():
+            if isinstance(t, torch.Tensor) and t.shape == p.shape and t.stride() != p.stride():
+                st[name] = torch.empty_like(p, dtype=t.dtype).copy_(t)
+
+
 def restore_trainer(tr: Trainer, state: dict, info: dist_utils.DistInfo, seed: int) -> None:
     """Load nets, optimizers, position and RNG; a different world size reseeds each rank instead."""
     tr.G_raw.load_state_dict(state["G"])
     tr.D_raw.load_state_dict(state["D"])
-    tr.opt_G.load_state_dict(state["opt_G"])
-    tr.opt_D.load_state_dict(state["opt_D"])
+    for opt, key in ((tr.opt_G, "opt_G"), (tr.opt_D, "opt_D")):
+        opt.load_state_dict(state[key])
+        match_param_layouts(opt)
     if tr.G_ema is not None:  # checkpoints from before EMA existed have none: start it from G
         tr.G_ema.load_state_dict(state.get("G_ema") or state["G"])
     tr.step, tr.epoch, tr.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
