@@ -36,6 +36,7 @@ from acgan.distributed import DistInfo
 from acgan.metrics.cache import default_cache_dir
 from acgan.models import Discriminator, Generator
 from acgan.precision import (
+    LAYOUTS,
     autocast,
     choose_precision,
     cpu_name,
@@ -110,8 +111,8 @@ def reference_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch
 
 def acgan_loop(dataset: ImageDataset, steps: int, warmup: int, device: torch.device, batch: int,
                precision: str, arch: str = "paper", compile_mode: str = "off",
-               memory_format: torch.memory_format | None = None) -> float:
-    """Images/s of acgan's own training step with the arch's default recipe (nets in the device's layout)."""
+               memory_format: torch.memory_format = torch.contiguous_format) -> float:
+    """Images/s of acgan's own training step with the arch's default recipe."""
     config = DEFAULTS.replace(batch_size=batch, precision=precision, arch=arch, compile=compile_mode).resolved()
     tr = build_trainer(config, dataset.num_classes, device, DistInfo(), memory_format=memory_format)
     sampler = EpochSampler(dataset, batch, device=device, seed=0)
@@ -186,16 +187,16 @@ def step_gflop_per_image(arch: str, batch: int, num_classes: int, device: torch.
     return counter.get_total_flops() / batch / 1e9
 
 
-def auto_precision(arch: str, batch: int, num_classes: int, device: torch.device) -> str:
-    """What `acgan train --precision auto` picks for these nets here (measured once, then cached)."""
+def auto_precision(arch: str, batch: int, num_classes: int, device: torch.device) -> tuple[str, str]:
+    """The precision and layout `acgan train --precision auto` picks for these nets here (measured once, cached)."""
     config = DEFAULTS.replace(batch_size=batch, arch=arch).resolved()
     key = probe_key(device=device.type, arch=arch, batch_size=batch, nz=config.nz, image_size=config.image_size,
                     num_classes=num_classes, d_dropout=config.d_dropout)
-    precision, times, measured = choose_precision("auto", device, key, default_cache_dir(),
-                                                  step_timer(config, num_classes, device))
+    precision, layout, times, measured = choose_precision("auto", device, key, default_cache_dir(),
+                                                          step_timer(config, num_classes, device))
     if times:
-        print(describe_choice(precision, times, measured, default_cache_dir()))
-    return precision
+        print(describe_choice(precision, layout, times, measured, default_cache_dir()))
+    return precision, layout
 
 
 def _sync(device: torch.device) -> None:
@@ -234,12 +235,14 @@ def main() -> None:
                                torch.randint(0, 10, (50_000,), generator=gen), tuple(f"c{i}" for i in range(10)))
     else:
         dataset = load_dataset("cifar10", a.data)
-    precision = auto_precision(a.arch, a.batch_size, dataset.num_classes, device) if a.precision == "auto" \
-        else resolve_precision(a.precision, device)
+    precision, layout = auto_precision(a.arch, a.batch_size, dataset.num_classes, device) if a.precision == "auto" \
+        else (resolve_precision(a.precision, device), "nchw")
     # acgan first: the reference's DataLoader worker processes would otherwise linger beside it
-    ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision, a.arch, a.compile)
+    ours = acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, precision, a.arch, a.compile,
+                      LAYOUTS[layout])
     slowdown = usable_precisions(device)
-    fixed = {p: round(acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, p, a.arch, a.compile), 1)
+    fixed = {p: round(acgan_loop(dataset, a.steps, a.warmup, device, a.batch_size, p, a.arch, a.compile,
+                                 LAYOUTS[layout]), 1)
              for p, slow in slowdown.items() if slow is None} if a.all_precisions else {}
     layouts = layout_ab(dataset, a.layout_ab, a.steps, a.warmup, device, a.batch_size, precision, a.arch)
     ref = None if a.skip_reference else reference_loop(dataset, a.steps, a.warmup, device, a.batch_size)
@@ -247,7 +250,8 @@ def main() -> None:
     gflop = step_gflop_per_image(a.arch, a.batch_size, dataset.num_classes, device)
     limit = max(rates.values()) / gflop
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else cpu_name(), "threads": torch.get_num_threads(), "precision": precision, "arch": a.arch,
+              else cpu_name(), "threads": torch.get_num_threads(), "precision": precision, "layout": layout,
+              "arch": a.arch,
               "compile": a.compile, "batch_size": a.batch_size,
               "steps": a.steps, "data": "synthetic" if a.data == "synthetic" else "cifar10",
               "reference_images_per_s": None if ref is None else round(ref, 1),
@@ -266,12 +270,12 @@ def main() -> None:
           f"batch {a.batch_size}, {a.steps} steps after {a.warmup} warm-up")
     if ref is not None:
         print(f"reference (seed-style, fp32):  {ref:8.1f} images/s")
-    label = f"acgan ({a.arch}, {precision}{', compiled' if a.compile == 'on' else ''}):"
-    print(f"{label:<30}{ours:8.1f} images/s")
+    label = f"acgan ({a.arch}, {precision}, {layout}{', compiled' if a.compile == 'on' else ''}):"
+    print(f"{label:<36}{ours:8.1f} images/s")
     for p, ips in fixed.items():
-        print(f"{'acgan (' + a.arch + ', ' + p + ' fixed):':<30}{ips:8.1f} images/s")
+        print(f"{'acgan (' + a.arch + ', ' + p + ' fixed):':<36}{ips:8.1f} images/s")
     for name, runs in result["layout_images_per_s"].items():
-        print(f"{'acgan (' + precision + ', ' + name + '):':<30}{sorted(runs)[len(runs) // 2]:8.1f} images/s "
+        print(f"{'acgan (' + precision + ', ' + name + '):':<36}{sorted(runs)[len(runs) // 2]:8.1f} images/s "
               f"(median of {', '.join(map(str, runs))})")
     if ref is not None:
         print(f"ratio: {ours / ref:.2f}x")

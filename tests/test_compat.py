@@ -46,10 +46,7 @@ def _old_source(commit: str, dest: Path) -> Path:
     return dest / "src"
 
 
-def test_a_checkpoint_from_before_the_shape_change_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    # The old code trained NCHW nets; today's train channels_last on a CPU, which changes only the order of
-    # sums (tests/test_layout.py). Same layout here, so that "the same weights" can mean bit for bit.
-    monkeypatch.setattr("acgan.trainer.memory_format_for", lambda device: torch.contiguous_format)
+def test_a_checkpoint_from_before_the_shape_change_resumes_to_the_same_weights(tmp_path):
     src = _old_source(BEFORE_SHAPE_CHANGE, tmp_path / "old")
     old_out = tmp_path / "old_runs"
     code = _OLD_RUN.format(settings=repr(SETTINGS))

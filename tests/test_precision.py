@@ -8,7 +8,15 @@ import torch
 from acgan.cli import main
 from acgan.config import TrainConfig
 from acgan.distributed import DistInfo
-from acgan.precision import PROBE_FILE, autocast, choose_precision, resolve_precision, should_compile
+from acgan.precision import (
+    PROBE_FILE,
+    autocast,
+    choose_precision,
+    describe_choice,
+    measure_precisions,
+    resolve_precision,
+    should_compile,
+)
 from acgan.trainer import StepOptions, build_trainer, step_timer, train_step
 
 
@@ -42,54 +50,82 @@ def test_precision_and_compile_resolution():
 
 
 class FakeMachine:
-    """Step and matmul times of an imaginary CPU, counting what the probe asked for."""
+    """Step and matmul times of an imaginary CPU, counting which precision and layout the probe ran."""
 
     def __init__(self, step: dict[str, float], matmul: dict[str, float]) -> None:
         self.step, self.matmul, self.steps_run = step, matmul, []
 
-    def time_steps(self, precision: str, n: int) -> list[float]:
-        self.steps_run += [precision] * n
-        return [self.step[precision]] * n
+    def time_steps(self, label: str, n: int) -> list[float]:
+        self.steps_run += [label] * n
+        return [self.step[label]] * n
 
     def screen(self, precision: str) -> float:
         return self.matmul[precision]
 
 
 CPU = torch.device("cpu")
+BF16_WINS = {"fp32 nchw": 0.30, "fp32 channels_last": 0.28, "bf16 nchw": 0.20, "bf16 channels_last": 0.25}
 
 
-def test_auto_picks_the_fastest_measured_precision_and_remembers_it(tmp_path):
-    machine = FakeMachine({"fp32": 0.30, "bf16": 0.20}, {"fp32": 1.0, "bf16": 0.6})
-    choice, times, measured = choose_precision("auto", CPU, "key-a", tmp_path, machine.time_steps, machine.screen)
-    assert (choice, measured) == ("bf16", True) and times == {"fp32": 0.30, "bf16": 0.20}
-    assert json.loads((tmp_path / PROBE_FILE).read_text())["key-a"]["precision"] == "bf16"
+def test_auto_picks_the_fastest_measured_precision_and_layout_and_remembers_it(tmp_path):
+    machine = FakeMachine(BF16_WINS, {"fp32": 1.0, "bf16": 0.6})
+    choice = choose_precision("auto", CPU, "key-a", tmp_path, machine.time_steps, machine.screen)
+    assert choice == ("bf16", "nchw", BF16_WINS, True)
+    assert set(machine.steps_run) == set(BF16_WINS)  # every precision in every layout was timed
+    record = json.loads((tmp_path / PROBE_FILE).read_text())["key-a"]
+    assert (record["precision"], record["layout"]) == ("bf16", "nchw")
     machine.steps_run.clear()
     again = choose_precision("auto", CPU, "key-a", tmp_path, machine.time_steps, machine.screen)
-    assert again == ("bf16", times, False) and machine.steps_run == []  # the later run skips the probe
+    assert again == ("bf16", "nchw", BF16_WINS, False) and machine.steps_run == []  # later runs skip the probe
     # another CPU, thread count, torch, arch or batch is another key: measured afresh
-    assert choose_precision("auto", CPU, "key-b", tmp_path, machine.time_steps, machine.screen)[2] is True
+    assert choose_precision("auto", CPU, "key-b", tmp_path, machine.time_steps, machine.screen)[3] is True
+
+
+def test_a_pinned_precision_takes_the_layout_measured_for_it_and_never_probes(tmp_path):
+    machine = FakeMachine(BF16_WINS, {"fp32": 1.0, "bf16": 0.6})
+    assert choose_precision("fp32", CPU, "k", tmp_path, machine.time_steps, machine.screen) == \
+        ("fp32", "nchw", {}, False)  # nothing measured for this key yet: the default layout, at once
+    assert machine.steps_run == [] and not (tmp_path / PROBE_FILE).exists()
+    choose_precision("auto", CPU, "k", tmp_path, machine.time_steps, machine.screen)
+    # what auto measured serves a pinned precision too: fp32 was faster channels_last on this machine
+    assert choose_precision("fp32", CPU, "k", tmp_path, machine.time_steps, machine.screen)[:2] == \
+        ("fp32", "channels_last")
+    assert choose_precision("bf16", torch.device("cuda"), "k", tmp_path, machine.time_steps, machine.screen) == \
+        ("bf16", "nchw", {}, False)  # GPUs are not probed
 
 
 def test_a_precision_whose_kernels_are_hopeless_is_not_run_on_the_step(tmp_path):
-    machine = FakeMachine({"fp32": 0.30, "bf16": 9.0}, {"fp32": 1.0, "bf16": 30.0})
-    choice, times, _ = choose_precision("auto", CPU, "k", tmp_path, machine.time_steps, machine.screen)
-    assert choice == "fp32" and "bf16" not in machine.steps_run
-    assert times == {"fp32": 0.30, "bf16_matmul_vs_fp32": 30.0}
+    step = {"fp32 nchw": 0.30, "fp32 channels_last": 0.24, "bf16 nchw": 9.0, "bf16 channels_last": 9.0}
+    machine = FakeMachine(step, {"fp32": 1.0, "bf16": 30.0})
+    precision, layout, times, _ = choose_precision("auto", CPU, "k", tmp_path, machine.time_steps, machine.screen)
+    assert (precision, layout) == ("fp32", "channels_last")
+    assert not any(label.startswith("bf16") for label in machine.steps_run)
+    assert times == {"fp32 nchw": 0.30, "fp32 channels_last": 0.24, "bf16_matmul_vs_fp32": 30.0}
+    line = describe_choice(precision, layout, times, True, tmp_path)
+    assert "fp32, channels_last nets" in line and "bf16 left out (its matmul 30x slower)" in line
 
 
-def test_an_explicit_precision_or_a_damaged_probe_file(tmp_path):
-    machine = FakeMachine({"fp32": 0.30, "bf16": 0.20}, {"fp32": 1.0, "bf16": 0.6})
-    assert choose_precision("fp32", CPU, "k", tmp_path, machine.time_steps, machine.screen) == ("fp32", {}, False)
-    assert machine.steps_run == [] and not (tmp_path / PROBE_FILE).exists()
+def test_the_probe_alternates_its_candidates():
+    order = []
+    measure_precisions(lambda label, n: order.extend([label] * n) or [0.1] * n, ("fp32",), steps=3,
+                       screen=lambda p: 1.0)
+    # after one warm-up step each, one step of each in turn: a slow spell cannot land on one candidate only
+    assert order == ["fp32 nchw", "fp32 channels_last"] * 4
+
+
+def test_a_damaged_probe_file_is_measured_again(tmp_path):
+    machine = FakeMachine(BF16_WINS, {"fp32": 1.0, "bf16": 0.6})
     (tmp_path / PROBE_FILE).write_text("{not json")
-    assert choose_precision("auto", CPU, "k", tmp_path, machine.time_steps, machine.screen)[0] == "bf16"
+    assert choose_precision("auto", CPU, "k", tmp_path, machine.time_steps, machine.screen)[:2] == ("bf16", "nchw")
+    (tmp_path / PROBE_FILE).write_text(json.dumps({"k": {"precision": "fp32", "seconds_per_step": {"fp32": 1}}}))
+    assert choose_precision("auto", CPU, "k", tmp_path, machine.time_steps, machine.screen)[3] is True  # old format
 
 
 def test_the_probe_leaves_the_random_stream_untouched():
     config = TrainConfig(dataset="shapes", batch_size=4).resolved()
     torch.manual_seed(7)
     before = torch.get_rng_state()
-    step_timer(config, 10, CPU)("fp32", 2)
+    step_timer(config, 10, CPU)("fp32 channels_last", 2)
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -100,9 +136,13 @@ def test_a_run_with_auto_learns_exactly_what_a_run_with_its_choice_learns(tmp_pa
              "--sample_every", "3", "--ckpt_every", "3"]
     assert main([*flags, "--outdir", str(tmp_path / "auto")]) == 0
     recorded = json.loads((tmp_path / "auto" / "00000-shapes" / "config.json").read_text())
-    assert set(recorded["precision_seconds_per_step"]) >= {"fp32"}  # the probe's figures are in config.json
+    assert set(recorded["precision_seconds_per_step"]) >= {"fp32 nchw", "fp32 channels_last"}  # the probe's figures
     chosen = recorded["resolved_precision"]
+    assert recorded["resolved_layout"] in ("nchw", "channels_last")
+    # the pinned run takes the layout auto measured faster for that precision, so it learns the same
     assert main([*flags, "--precision", chosen, "--outdir", str(tmp_path / "fixed")]) == 0
+    fixed = json.loads((tmp_path / "fixed" / "00000-shapes" / "config.json").read_text())
+    assert fixed["resolved_layout"] == recorded["resolved_layout"]
     a = torch.load(tmp_path / "auto" / "00000-shapes" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "fixed" / "00000-shapes" / "checkpoints" / "last.pt", weights_only=True)
     for net in ("G", "D"):

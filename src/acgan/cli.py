@@ -117,8 +117,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _flag(g, "ckpt_every", "steps between checkpoints")
     _flag(g, "keep_ckpts", "numbered checkpoints kept besides last.pt")
     g = p.add_argument_group("speed and safety")
-    _flag(g, "precision", "auto = on a CPU the faster of fp32 and bf16, timed on the run's own nets once and "
-          "remembered in $ACGAN_CACHE; fp32 on a GPU", choices=PRECISIONS)
+    _flag(g, "precision", "auto = on a CPU the fastest of fp32 and bf16, each with NCHW and channels_last nets, "
+          "timed on the run's own nets once and remembered in $ACGAN_CACHE; fp32 on a GPU", choices=PRECISIONS)
     _flag(g, "compile", "torch.compile the nets", choices=COMPILE_MODES)
     _flag(g, "on_nan", "on non-finite losses/weights: stop, or roll back to the last checkpoint with halved lr",
           choices=ON_NAN)

@@ -17,8 +17,13 @@ import torch
 CPU_CANDIDATES = ("fp32", "bf16")
 PROBE_FILE = "precision.json"
 # What the probe times is acgan's own step: a record measured on an older step is not reused.
-# 2: the nets run channels_last on CPUs.
+# 2: each precision is timed with NCHW and with channels_last nets.
 STEP_VERSION = 2
+# The nets' memory layouts a CPU run may train in. oneDNN's CPU convolutions work in NHWC-like layouts and
+# re-lay NCHW tensors out around every call, but whether channels_last wins depends on the CPU and the nets
+# (benchmarks/README.md), so it is measured with the precision. A convolution follows its weights' layout:
+# converting the nets is enough.
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -82,65 +87,87 @@ def kernel_seconds(precision: str, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def fast_path(label: str) -> tuple[str, str]:
+    """'bf16 channels_last' -> ('bf16', 'channels_last'); a bare precision means NCHW nets."""
+    precision, _, layout = label.partition(" ")
+    return precision, layout or "nchw"
+
+
+def _timed(label: str) -> bool:
+    """Whether a probe record's entry is a step time ('fp32 nchw'), not a screen's ratio ('bf16_matmul_vs_fp32')."""
+    precision, _, layout = label.partition(" ")
+    return precision in CPU_CANDIDATES and layout in LAYOUTS
+
+
+def _fastest(times: Mapping[str, float], precisions: tuple[str, ...] = CPU_CANDIDATES) -> str | None:
+    """The label of the fastest timed precision and layout among `precisions`, or None when none was timed."""
+    timed = {k: t for k, t in times.items() if _timed(k) and fast_path(k)[0] in precisions}
+    return min(timed, key=timed.__getitem__) if timed else None
+
+
 def measure_precisions(time_steps: Callable[[str, int], list[float]], candidates: tuple[str, ...] = CPU_CANDIDATES,
                        steps: int = 4, screen: Callable[[str], float] = kernel_seconds) -> dict[str, float]:
-    """Median seconds per training step of each candidate that is not hopeless (see below), by name.
+    """Median seconds per training step of each candidate precision in each layout, by 'precision layout'.
 
-    A candidate whose matrix kernels run over 2x slower than fp32's (bf16 on a CPU without native bf16 runs
+    A precision whose matrix kernels run over 2x slower than fp32's (bf16 on a CPU without native bf16 runs
     ten or more times slower: one step would take longer than the whole probe) is left out after that quick
     screen; the others are timed on the run's own step.
     """
     base = screen("fp32")
     times: dict[str, float] = {}
+    labels = []
     for precision in candidates:
         if precision != "fp32" and (ratio := screen(precision) / base) > 2:
             times[f"{precision}_matmul_vs_fp32"] = ratio  # not timed on the step: recorded as the screen's ratio
-            continue
-        time_steps(precision, 1)  # warm-up: oneDNN builds its kernels for this precision
-        samples = sorted(time_steps(precision, steps))
-        times[precision] = samples[len(samples) // 2]
+        else:
+            labels += [f"{precision} {layout}" for layout in LAYOUTS]
+    for label in labels:
+        time_steps(label, 1)  # warm-up: oneDNN builds its kernels for this precision and layout
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    for _ in range(steps):  # one step of each in turn: a busy spell of a shared machine slows every candidate alike
+        for label in labels:
+            samples[label] += time_steps(label, 1)
+    times.update({label: sorted(runs)[len(runs) // 2] for label, runs in samples.items()})
     return times
 
 
 def choose_precision(requested: str, device: torch.device, key: str, cache_dir: Path,
                      time_steps: Callable[[str, int], list[float]],
-                     screen: Callable[[str], float] = kernel_seconds) -> tuple[str, dict[str, float], bool]:
-    """'auto' on a CPU: the fastest candidate, measured once per probe key and remembered in cache_dir.
+                     screen: Callable[[str], float] = kernel_seconds) -> tuple[str, str, dict[str, float], bool]:
+    """'auto' on a CPU: the fastest precision and layout, measured once per probe key and remembered in cache_dir.
 
-    Returns the precision, the seconds per step of each candidate, and whether they were measured just now.
-    `time_steps(precision, n)` runs n steps of the run's own nets and batch and returns their seconds.
+    Returns the precision, the layout (a LAYOUTS name), the seconds per step of each candidate, and whether they
+    were measured just now. `time_steps('fp32 channels_last', n)` runs n steps of the run's own nets and batch.
+    A precision given explicitly takes the layout a probe of this key measured faster for it, else NCHW.
     """
-    if requested != "auto" or device.type != "cpu":
-        return resolve_precision(requested, device), {}, False
+    if device.type != "cpu":
+        return resolve_precision(requested, device), "nchw", {}, False
     path = Path(cache_dir) / PROBE_FILE
     record = _read_probes(path).get(key)
-    if isinstance(record, dict) and record.get("precision") in CPU_CANDIDATES:
-        return record["precision"], dict(record.get("seconds_per_step", {})), False
+    times = record.get("seconds_per_step") if isinstance(record, dict) else None
+    known = dict(times) if isinstance(times, dict) and _fastest(times) is not None else None
+    if requested != "auto":  # never probes: the user chose, and a pinned run starts at once
+        label = _fastest(known or {}, (requested,))
+        return requested, fast_path(label)[1] if label else "nchw", {}, False
+    if known is not None:
+        return (*fast_path(_fastest(known)), known, False)
     times = measure_precisions(time_steps, screen=screen)
-    choice = min((p for p in times if p in CPU_CANDIDATES), key=times.__getitem__)
-    _remember(path, key, {"precision": choice, "seconds_per_step": times, "measured": time.strftime("%Y-%m-%d")})
-    return choice, times, True
+    precision, layout = fast_path(_fastest(times))
+    _remember(path, key, {"precision": precision, "layout": layout, "seconds_per_step": times,
+                          "measured": time.strftime("%Y-%m-%d")})
+    return precision, layout, times, True
 
 
-def describe_choice(precision: str, times: Mapping[str, float], measured: bool, cache_dir: Path) -> str:
+def describe_choice(precision: str, layout: str, times: Mapping[str, float], measured: bool, cache_dir: Path) -> str:
     """One line: the choice and the figures behind it."""
+    nets = "" if layout == "nchw" else f", {layout} nets"
     if not times:
-        return f"precision {precision}"
-    timed = sorted((t, p) for p, t in times.items() if p in CPU_CANDIDATES)
-    skipped = [f"{k.split('_')[0]} left out (its matmul {v:.0f}x slower)"
-               for k, v in times.items() if k not in CPU_CANDIDATES]
-    figures = ", ".join([f"{p} {t * 1000:.0f} ms/step" for t, p in timed] + skipped)
+        return f"precision {precision}{nets}"
+    timed = sorted((t, k) for k, t in times.items() if _timed(k))
+    skipped = [f"{k.split('_')[0]} left out (its matmul {v:.0f}x slower)" for k, v in times.items() if not _timed(k)]
+    figures = ", ".join([f"{k} {t * 1000:.0f} ms/step" for t, k in timed] + skipped)
     how = f"measured on this {cpu_name()}" if measured else f"as measured before ({Path(cache_dir) / PROBE_FILE})"
-    return f"precision auto -> {precision} ({figures}; {how})"
-
-
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    """The nets' weight layout: channels_last on CPUs, the default (contiguous NCHW) elsewhere."""
-    # oneDNN's CPU convolutions work in NHWC-like layouts: NCHW weights and activations are re-laid-out around
-    # every call, forward and backward (benchmarks/README.md has the measured step times). Convolutions follow
-    # their weights' layout, so converting the nets is enough; inputs need no conversion. On GPUs the nets
-    # stay as they were measured (docs/performance.md).
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    return f"precision auto -> {precision}{nets} ({figures}; {how})"
 
 
 def should_compile(mode: str, device: torch.device) -> bool:

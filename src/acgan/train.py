@@ -24,7 +24,7 @@ from acgan.device import resolve_device
 from acgan.errors import UserError
 from acgan.generator import class_grid_inputs
 from acgan.models import count_parameters
-from acgan.precision import autocast, choose_precision, describe_choice, probe_key
+from acgan.precision import LAYOUTS, autocast, choose_precision, describe_choice, probe_key
 from acgan.runlog import RunLog, real_grid
 from acgan.sample import save_grid
 from acgan.saver import Saver
@@ -140,21 +140,20 @@ def _evaluate(tr: Trainer, evaluate: Any, log: RunLog, save_best: Any) -> None:
 
 
 def pick_precision(config: TrainConfig, num_classes: int, device: torch.device,
-                   info: dist_utils.DistInfo) -> tuple[str, dict[str, float]]:
-    """The precision to train in: --precision, or for 'auto' on a CPU the fastest one measured (rank 0 decides)."""
+                   info: dist_utils.DistInfo) -> tuple[str, str, dict[str, float]]:
+    """The precision and nets' layout to train in: for 'auto' on a CPU the fastest measured (rank 0 decides)."""
     from acgan.metrics.cache import default_cache_dir
 
-    choice: tuple[str, dict[str, float]] = ("", {})
+    choice: tuple[str, str, dict[str, float]] = ("", "", {})
     if info.is_main:
         key = probe_key(device=device.type, arch=config.arch, batch_size=config.batch_size, nz=config.nz,
                         image_size=config.image_size, num_classes=num_classes, d_dropout=config.d_dropout)
-        precision, times, measured = choose_precision(config.precision, device, key, default_cache_dir(),
-                                                      step_timer(config, num_classes, device))
-        if times:
-            print(describe_choice(precision, times, measured, default_cache_dir()))
-        choice = (precision, times)
-    precision, times = dist_utils.broadcast_object(choice, info)
-    return precision, times
+        precision, layout, times, measured = choose_precision(config.precision, device, key, default_cache_dir(),
+                                                              step_timer(config, num_classes, device))
+        if times or layout != "nchw":
+            print(describe_choice(precision, layout, times, measured, default_cache_dir()))
+        choice = (precision, layout, times)
+    return dist_utils.broadcast_object(choice, info)
 
 
 def _finite(row: dict[str, float], tr: Trainer) -> bool:
@@ -207,8 +206,8 @@ def _setup(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
     if state is not None and tuple(state["class_names"]) != dataset.class_names:
         raise UserError(f"{ckpt_path} was trained on other classes than this {config.dataset} data")
     K = dataset.num_classes
-    precision, probe = pick_precision(config, K, device, info)
-    tr = build_trainer(config, K, device, info)
+    precision, layout, probe = pick_precision(config, K, device, info)
+    tr = build_trainer(config, K, device, info, LAYOUTS[layout])
     if state is not None:
         restore_trainer(tr, state, info, config.seed)
     # a node that cannot see the checkpoint would silently train from scratch beside the others
@@ -224,7 +223,7 @@ def _setup(config: TrainConfig, explicit: frozenset[str], info: dist_utils.DistI
         write_config_json(config, run_dir / "config.json", {
             "class_names": list(dataset.class_names), "num_images": len(dataset), "world_size": info.world_size,
             "global_batch_size": global_batch, "resolved_device": str(device), "resolved_precision": precision,
-            "data_placement": sampler.placement,
+            "resolved_layout": layout, "data_placement": sampler.placement,
             "precision_seconds_per_step": probe,
             "total_steps": total, "params_G": count_parameters(tr.G_raw), "params_D": count_parameters(tr.D_raw)})
         print(f"run {run_dir}: {len(dataset)} images, {K} classes, {device}, {precision}, "

@@ -17,7 +17,7 @@ from acgan.ema import ema_decay, make_ema, update_ema
 from acgan.errors import UserError
 from acgan.losses import Objective
 from acgan.models import nets_for
-from acgan.precision import autocast, maybe_compile, memory_format_for
+from acgan.precision import LAYOUTS, autocast, fast_path, maybe_compile
 
 D_STAT_KEYS = ("loss_D_real", "loss_D_fake", "D_x", "D_G_z1", "acc_real", "acc_fake")
 G_STAT_KEYS = ("loss_G", "D_G_z2")
@@ -97,11 +97,10 @@ class Trainer:
 
 
 def build_trainer(config: TrainConfig, num_classes: int, device: torch.device, info: dist_utils.DistInfo,
-                  memory_format: torch.memory_format | None = None) -> Trainer:
-    """The nets of --arch in the device's layout and their Adam optimizers, wrapped in DDP under torchrun."""
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Trainer:
+    """The nets of --arch in memory_format and their Adam optimizers, wrapped in DDP under torchrun."""
     config = config.resolved()
-    layout = memory_format_for(device) if memory_format is None else memory_format
-    G_raw, D_raw = (net.to(device, memory_format=layout) for net in nets_for(config, num_classes))
+    G_raw, D_raw = (net.to(device, memory_format=memory_format) for net in nets_for(config, num_classes))
     if info.distributed and config.sync_bn:  # batch statistics over the global batch, not per rank
         if device.type != "cuda":
             raise UserError("--sync_bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
@@ -180,25 +179,26 @@ def g_update(tr: Trainer, x_fake: torch.Tensor, y_fake: torch.Tensor, opts: Step
 
 
 def step_timer(config: TrainConfig, num_classes: int, device: torch.device) -> Callable[[str, int], list[float]]:
-    """time_steps(precision, n): seconds of n steps of throwaway copies of the run's nets, on random data.
+    """time_steps('fp32 channels_last', n): seconds of n steps of throwaway copies of the run's nets, on random data.
 
     For the precision probe. It draws from a forked RNG, so the run's own random stream is as if it never ran.
     """
-    holder: list[Trainer] = []
+    trainers: dict[str, Trainer] = {}  # one per layout, built on first use
     opts = StepOptions.from_config(config.resolved(), num_classes)
     B, S = config.batch_size, config.image_size
 
-    def time_steps(precision: str, n: int) -> list[float]:
+    def time_steps(label: str, n: int) -> list[float]:
+        precision, layout = fast_path(label)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
-            if not holder:
-                holder.append(build_trainer(config, num_classes, device, dist_utils.DistInfo()))
+            if layout not in trainers:
+                trainers[layout] = build_trainer(config, num_classes, device, dist_utils.DistInfo(), LAYOUTS[layout])
             x = torch.rand(B, 3, S, S, device=device) * 2 - 1
             y = torch.randint(0, num_classes, (B,), device=device)
             amp, seconds = autocast(device, precision), []
             for _ in range(n):
                 start = time.perf_counter()
-                train_step(holder[0], x, y, opts, amp)["loss_G"].item()  # .item(): the step has really finished
+                train_step(trainers[layout], x, y, opts, amp)["loss_G"].item()  # .item(): the step really finished
                 seconds.append(time.perf_counter() - start)
         return seconds
 
