@@ -41,7 +41,7 @@ from acgan.precision import (
     choose_precision,
     cpu_name,
     describe_choice,
-    kernel_seconds,
+    hopeless_precisions,
     probe_key,
     resolve_precision,
 )
@@ -156,10 +156,8 @@ def usable_precisions(device: torch.device) -> dict[str, float | None]:
     """Each precision with its matmul slowdown against fp32 on a CPU, None where it is worth timing."""
     # bf16 on a CPU without native bf16 runs its matmuls tens of times slower: timing training steps or a 2048^2
     # matmul in it would take most of an hour and say only what this one small matmul already says
-    if device.type != "cpu":
-        return {"fp32": None, "bf16": None}
-    base = kernel_seconds("fp32")
-    return {p: (None if (ratio := kernel_seconds(p) / base) <= 2 else ratio) for p in ("fp32", "bf16")}
+    hopeless = hopeless_precisions(("fp32", "bf16")) if device.type == "cpu" else {}
+    return {p: hopeless.get(p) for p in ("fp32", "bf16")}
 
 
 def layout_ab(dataset: ImageDataset, rounds: int, steps: int, warmup: int, device: torch.device, batch: int,

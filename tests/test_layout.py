@@ -17,7 +17,8 @@ NCHW, NHWC = torch.contiguous_format, torch.channels_last
 
 def _trainer(layout: torch.memory_format, arch: str = "paper"):
     torch.manual_seed(0)
-    return build_trainer(TrainConfig(arch=arch, d_dropout=0.0), 10, CPU, DistInfo(), memory_format=layout)
+    config = TrainConfig(arch=arch, d_dropout=0.0, ema_decay=0.999)  # with an EMA of G, which is laid out too
+    return build_trainer(config, 10, CPU, DistInfo(), memory_format=layout)
 
 
 def _conv_weights(net: nn.Module) -> list[torch.Tensor]:
@@ -27,7 +28,7 @@ def _conv_weights(net: nn.Module) -> list[torch.Tensor]:
 def test_the_nets_are_laid_out_as_asked():
     for layout in (NHWC, NCHW):
         tr = _trainer(layout)
-        weights = _conv_weights(tr.G_raw) + _conv_weights(tr.D_raw) + _conv_weights(tr.G_ema or tr.G_raw)
+        weights = _conv_weights(tr.G_raw) + _conv_weights(tr.D_raw) + _conv_weights(tr.G_ema)
         assert all(w.is_contiguous(memory_format=layout) for w in weights)
         assert (layout == NCHW) == all(w.is_contiguous() for w in weights)
 

@@ -105,6 +105,14 @@ def _fastest(times: Mapping[str, float], precisions: tuple[str, ...] = CPU_CANDI
     return min(timed, key=timed.__getitem__) if timed else None
 
 
+def hopeless_precisions(candidates: tuple[str, ...] = CPU_CANDIDATES,
+                        screen: Callable[[str], float] = kernel_seconds) -> dict[str, float]:
+    """The candidates whose matmuls run over 2x slower than fp32's, with that slowdown (never fp32 itself)."""
+    base = screen("fp32")
+    ratios = {p: screen(p) / base for p in candidates if p != "fp32"}
+    return {p: r for p, r in ratios.items() if r > 2}
+
+
 def measure_precisions(time_steps: Callable[[str, int], list[float]], candidates: tuple[str, ...] = CPU_CANDIDATES,
                        steps: int = 4, screen: Callable[[str], float] = kernel_seconds) -> dict[str, float]:
     """Median seconds per training step of each candidate precision in each layout, by 'precision layout'.
@@ -113,14 +121,10 @@ def measure_precisions(time_steps: Callable[[str, int], list[float]], candidates
     ten or more times slower: one step would take longer than the whole probe) is left out after that quick
     screen; the others are timed on the run's own step.
     """
-    base = screen("fp32")
-    times: dict[str, float] = {}
-    labels = []
-    for precision in candidates:
-        if precision != "fp32" and (ratio := screen(precision) / base) > 2:
-            times[f"{precision}_matmul_vs_fp32"] = ratio  # not timed on the step: recorded as the screen's ratio
-        else:
-            labels += [f"{precision} {layout}" for layout in LAYOUTS]
+    hopeless = hopeless_precisions(candidates, screen)
+    # not timed on the step: recorded as the screen's ratio
+    times = {f"{precision}_matmul_vs_fp32": ratio for precision, ratio in hopeless.items()}
+    labels = [f"{precision} {layout}" for precision in candidates if precision not in hopeless for layout in LAYOUTS]
     for label in labels:
         time_steps(label, 1)  # warm-up: oneDNN builds its kernels for this precision and layout
     samples: dict[str, list[float]] = {label: [] for label in labels}

@@ -220,8 +220,8 @@ def trainer_state(tr: Trainer, config: TrainConfig, class_names: tuple[str, ...]
 def match_param_layouts(opt: torch.optim.Optimizer) -> None:
     """Give each optimizer state tensor its parameter's memory layout (in place of the one it was saved in)."""
     # Fused Adam walks a parameter and its moments as flat memory: moments saved by a run in another layout
-    # (an NCHW checkpoint resumed on a CPU, where the nets are channels_last) would be applied to the wrong
-    # elements without any error.
+    # (an NCHW checkpoint resumed where the probe picks channels_last nets, or the other way round) would be
+    # applied to the wrong elements without any error.
     for p, st in opt.state.items():
         for name, t in st.items():
             if isinstance(t, torch.Tensor) and t.shape == p.shape and t.stride() != p.stride():
