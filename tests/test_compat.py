@@ -63,4 +63,22 @@ def test_a_checkpoint_from_before_the_shape_change_resumes_to_the_same_weights(t
     new = load_checkpoint(copy / "checkpoints" / "last.pt")
     assert new["step"] == old["step"] == 4
     for net in ("G", "D", "G_ema"):
-        assert all(torch.equal(new[net][k], old[net][k]) for k in old[net]), net
+        for k in old[net]:
+            if _absorbed_by_batchnorm(k, old[net]):
+                continue
+            # not bitwise: G's 1x1 -> 4x4 layer became a matmul, which rounds differently. A lost optimizer or
+            # RNG state moves weights by about lr = 2e-4 in two steps, far beyond this tolerance
+            torch.testing.assert_close(new[net][k], old[net][k], rtol=0, atol=1e-6, msg=f"{net} {k}")
+
+
+def _absorbed_by_batchnorm(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """A conv bias that a BatchNorm follows, or that BatchNorm's running mean.
+
+    The BatchNorm subtracts the bias again, so its true gradient is zero and Adam turns the rounding noise in its
+    gradient into steps of full size: those values differ between any two kernels and change no output.
+    """
+    name, _, leaf = key.rpartition(".")
+    if leaf == "running_mean":
+        return True
+    prefix, _, index = name.rpartition(".")
+    return leaf == "bias" and index.isdigit() and f"{prefix}.{int(index) + 1}.running_mean" in state

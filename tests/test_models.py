@@ -87,3 +87,37 @@ def test_paper_discriminator_with_embed_dim_swaps_the_class_head_for_an_embeddin
     source, embedding = D.eval()(torch.randn(3, 3, 32, 32))
     assert source.shape == (3,) and embedding.shape == (3, 16) and D.proxies.shape == (10, 16)
     assert Discriminator(10).proxies is None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dense_transposed_conv_is_the_transposed_conv_it_replaces(bias, layout):
+    # G's 1x1 -> 4x4 layer runs as a matmul: same output, gradients and state_dict as nn.ConvTranspose2d
+    from acgan.models.layers import DenseConvTranspose2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(12, 5, 4, 1, 0, bias=bias).double()
+    dense = DenseConvTranspose2d(12, 5, 4, 1, 0, bias=bias).double()
+    dense.load_state_dict(conv.state_dict())
+    dense.to(memory_format=layout)
+    x = torch.randn(3, 12, 1, 1, dtype=torch.float64)
+    out_conv, out_dense = conv(x), dense(x)
+    assert out_dense.shape == (3, 5, 4, 4)
+    torch.testing.assert_close(out_dense, out_conv, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out_conv)
+    out_conv.backward(grad)
+    out_dense.backward(grad)
+    for p_conv, p_dense in zip(conv.parameters(), dense.parameters(), strict=True):
+        torch.testing.assert_close(p_dense.grad, p_conv.grad, rtol=1e-12, atol=1e-12)
+    # inputs larger than 1x1 fall back to the transposed conv itself
+    x_big = torch.randn(2, 12, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(dense(x_big), conv(x_big), rtol=1e-12, atol=1e-12)
+
+
+def test_dense_transposed_conv_keeps_autocast_dtype():
+    from acgan.models.layers import DenseConvTranspose2d
+
+    dense = DenseConvTranspose2d(8, 4, 4, 1, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dense(torch.randn(2, 8, 1, 1))
+    assert out.dtype == torch.bfloat16  # the conv it replaces gives bf16 here; the next BN expects the same

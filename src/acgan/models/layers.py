@@ -37,6 +37,26 @@ class TwoHeadD(nn.Module):
         return self.fc_source(h).squeeze(1), self.fc_class(h)
 
 
+class DenseConvTranspose2d(nn.ConvTranspose2d):
+    """A k x k transposed conv (stride 1, no padding) on 1x1 inputs, computed as the matmul it is.
+
+    Same parameters, state_dict and output as nn.ConvTranspose2d, but oneDNN's transposed-conv kernels run this
+    shape (a 1x1 map to k x k) several times slower than a plain matmul does on CPU, in fp32 and bf16 alike.
+    """
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """x (B, C_in, 1, 1) -> (B, C_out, k, k)."""
+        if x.shape[-2:] != (1, 1) or self.stride != (1, 1) or self.padding != (0, 0) or output_size is not None:
+            return super().forward(x, output_size)
+        kh, kw = self.kernel_size
+        w = self.weight.reshape(self.in_channels, self.out_channels * kh * kw)  # (C_in, C_out*k*k)
+        if self.bias is None:
+            h = x.flatten(1) @ w
+        else:  # addmm keeps autocast's dtype; adding an fp32 bias afterwards would promote the output to fp32
+            h = torch.addmm(self.bias.repeat_interleave(kh * kw), x.flatten(1), w)
+        return h.view(x.shape[0], self.out_channels, kh, kw)
+
+
 class CondBatchNorm2d(nn.Module):
     """BatchNorm2d whose per-channel gain and bias are looked up by class: x (B, C, H, W), y (B,)."""
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from acgan.models.layers import BitDropout, TwoHeadD, check_image_size, init_weights, one_hot_concat
+from acgan.models.layers import (
+    BitDropout,
+    DenseConvTranspose2d,
+    TwoHeadD,
+    check_image_size,
+    init_weights,
+    one_hot_concat,
+)
 
 SUPPORTED_SIZES = (32, 64, 128)
 
@@ -28,8 +35,8 @@ class Generator(nn.Module):
         widths = [384, 192, 96, 48] + [max(48 >> (i + 1), 16) for i in range(extra)]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            stride, pad = (1, 0) if i == 0 else (2, 1)
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride, pad), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            up = DenseConvTranspose2d(c_in, c_out, 4, 1, 0) if i == 0 else nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+            layers += [up, nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         init_weights(self)
