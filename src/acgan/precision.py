@@ -17,8 +17,8 @@ import torch
 CPU_CANDIDATES = ("fp32", "bf16")
 PROBE_FILE = "precision.json"
 # What the probe times is acgan's own step: a record measured on an older step is not reused.
-# 2: each precision is timed with NCHW and with channels_last nets.
-STEP_VERSION = 2
+# 2: each precision is timed with NCHW and with channels_last nets. 3: the paper G's first layer is a matmul.
+STEP_VERSION = 3
 # The nets' memory layouts a CPU run may train in. oneDNN's CPU convolutions work in NHWC-like layouts and
 # re-lay NCHW tensors out around every call, but whether channels_last wins depends on the CPU and the nets
 # (benchmarks/README.md), so it is measured with the precision. A convolution follows its weights' layout:
