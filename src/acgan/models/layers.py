@@ -46,7 +46,8 @@ class DenseConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         """x (B, C_in, 1, 1) -> (B, C_out, k, k)."""
-        if x.shape[-2:] != (1, 1) or self.stride != (1, 1) or self.padding != (0, 0) or output_size is not None:
+        plain = self.stride == (1, 1) and self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
+        if x.shape[-2:] != (1, 1) or not plain or output_size is not None:
             return super().forward(x, output_size)
         kh, kw = self.kernel_size
         w = self.weight.reshape(self.in_channels, self.out_channels * kh * kw)  # (C_in, C_out*k*k)
