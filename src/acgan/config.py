@@ -227,6 +227,8 @@ class EvalDefaults:
     num_workers: int = 2
     sample_num: int = 10  # `acgan sample`: images of one class, or columns per class
     sample_steps: int = 10  # `acgan sample`: points on each interpolation strip
+    # the detector's precision ($ACGAN_DETECTOR_PRECISION=bf16 for quick, non-standard FID on a CPU)
+    detector_precision: str = "fp32"
 
 
 EVAL_DEFAULTS = EvalDefaults()

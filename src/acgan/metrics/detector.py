@@ -27,6 +27,7 @@ from acgan.config import EVAL_BATCH
 from acgan.errors import UserError
 from acgan.metrics.detector_files import file_sha256
 from acgan.metrics.inception import InceptionFeatures, rebuild
+from acgan.precision import autocast
 
 INCEPTION_SIZE = 299
 PARTIAL_EVERY = 8  # batches between saves of a long feature pass (2,000 images: minutes on a CPU)
@@ -34,6 +35,9 @@ PARTIAL_EVERY = 8  # batches between saves of a long feature pass (2,000 images:
 # in anew on every call, so the kernel's page handling, not the convolutions, takes most of the time; a few images
 # per call keep the buffers small and reused (measured speeds: docs/metrics.md).
 CPU_CHUNK = 8
+# bf16 runs the eager Inception several times faster on CPUs with bf16 matrix units, but moves FID by far more
+# than the 0.05 that would keep it comparable with papers (docs/metrics.md): it is opt-in, for monitoring only.
+DETECTOR_PRECISIONS = ("fp32", "bf16")
 
 
 def nvlabs_preprocess(images: Tensor) -> Tensor:
@@ -71,9 +75,11 @@ class Detector:
     """A feature detector of either kind, run in batches without grad; `name` keys the statistics cache."""
 
     def __init__(self, module: torch.nn.Module, name: str, device: torch.device | str = "cpu",
-                 batch_size: int = EVAL_BATCH) -> None:
+                 batch_size: int = EVAL_BATCH, precision: str = "fp32") -> None:
+        if precision not in DETECTOR_PRECISIONS:
+            raise UserError(f"detector precision (ACGAN_DETECTOR_PRECISION) must be one of "
+                            f"{', '.join(DETECTOR_PRECISIONS)}, not {precision!r}")
         self.module = module.eval()
-        self.name = name
         self.kind = detector_kind(module)
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -83,6 +89,15 @@ class Detector:
         self.eager: InceptionFeatures | None = None
         if self.kind == "features" and self.device.type == "cpu":
             self.eager = rebuild(module, nvlabs_preprocess(_probe_image()))
+        self.precision = self._resolve(precision)
+        # features of another precision are other numbers: they never share cached statistics with fp32's
+        self.name = name if self.precision == "fp32" else f"{name}-{self.precision}"
+
+    def _resolve(self, precision: str) -> str:
+        if precision == "bf16" and self.eager is None:
+            raise UserError("bf16 detector features are only for the features-only Inception on a CPU (its eager "
+                            "copy); unset ACGAN_DETECTOR_PRECISION or set it to fp32")
+        return precision
 
     @property
     def has_logits(self) -> bool:
@@ -117,7 +132,8 @@ class Detector:
             return self.module(batch, return_features=True)
         x = nvlabs_preprocess(batch)  # (B, 3, 299, 299)
         if self.eager is not None:
-            return self.eager(x)
+            with autocast(x.device, self.precision):
+                return self.eager(x).float()
         # channels-last lets oneDNN skip a layout reorder around every convolution
         return self.module(x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x)
 
@@ -205,7 +221,8 @@ def quiet_jit_deprecation() -> Iterator[None]:
         yield
 
 
-def load_detector(path: Path | str, device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH) -> Detector:
+def load_detector(path: Path | str, device: torch.device | str = "cpu", batch_size: int = EVAL_BATCH,
+                  precision: str = "fp32") -> Detector:
     """Load a TorchScript detector file of either kind; its name (stem + sha256 prefix) keys the statistics cache."""
     path = Path(path)
     try:
@@ -213,4 +230,5 @@ def load_detector(path: Path | str, device: torch.device | str = "cpu", batch_si
             module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError, OSError) as e:
         raise UserError(f"cannot load detector {path}: not a TorchScript file ({type(e).__name__})") from None
-    return Detector(module, name=f"{path.stem}-{file_sha256(path)[:16]}", device=device, batch_size=batch_size)
+    return Detector(module, name=f"{path.stem}-{file_sha256(path)[:16]}", device=device, batch_size=batch_size,
+                    precision=precision)

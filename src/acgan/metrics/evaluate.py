@@ -297,7 +297,7 @@ def _format_value(key: str, v: float) -> str:
     return f"{v:.4g}" if v != 0 and abs(v) < 1e-2 else f"{v:.4f}"
 
 
-def write_json(results: Mapping[str, float], path: Path) -> None:
+def write_json(results: Mapping[str, float | str], path: Path) -> None:
     """Write results as JSON atomically (temp file + rename); NaN becomes null so the file stays valid.
 
     A full or read-only disk is a WriteError: one line naming the file, the reason, the bytes and the free space.

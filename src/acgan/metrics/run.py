@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from acgan.config import EVAL_BATCH
+from acgan.config import EVAL_BATCH, EVAL_DEFAULTS
 from acgan.data import ONE_SPLIT_DATASETS, ImageDataset, load_dataset, read_manifest, to_uint8
 from acgan.device import resolve_device
 from acgan.errors import UserError
@@ -57,7 +59,12 @@ def open_detector(metrics: Sequence[str], detector: str | Path | None, device: t
     if not needs_detector(metrics):
         return None
     need_logits = "is" in parse_metrics(metrics)
-    found = load_detector(resolve_detector_path(detector, need_logits=need_logits), device=device)
+    precision = os.environ.get("ACGAN_DETECTOR_PRECISION") or EVAL_DEFAULTS.detector_precision
+    found = load_detector(resolve_detector_path(detector, need_logits=need_logits), device=device,
+                          precision=precision)
+    if found.precision != "fp32":
+        print(f"detector: {found.name} in {found.precision}: for watching a run, not comparable with papers' FID",
+              file=sys.stderr)
     if need_logits:
         found.require_logits()
     return found
@@ -179,6 +186,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     made = "generated and scored" if args.checkpoint is not None else f"of {args.real} scored"
     print(f"{int(results['num_fake'])} images {made} in {seconds:.1f} s "
           f"({results['num_fake'] / seconds:.1f} images/s on {device}, real statistics included)")
-    write_json(results, out)
+    # which detector and precision made the numbers: bf16 features are other (close) numbers than fp32's
+    write_json({**results, **({"detector": detector.name} if detector is not None else {})}, out)
     print(f"wrote {out}")
     return 0
