@@ -11,21 +11,13 @@ images/s, the speed-up, and the largest feature difference between the two.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
 from acgan.metrics import load_detector, resolve_detector_path
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from acgan.precision import cpu_name
 
 
 def _timed(det, images: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -58,7 +50,7 @@ def main() -> None:
         det.eager = None
         rate, scripted = _timed(det, images)
         rates["torchscript"].append(rate)
-    print(f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.images} images "
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.images} images "
           f"x {args.rounds} rounds")
     for name, r in rates.items():
         print(f"  {name:12s} best {max(r):6.1f}  median {statistics.median(r):6.1f} images/s")
