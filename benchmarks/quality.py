@@ -1,8 +1,10 @@
 """Sample quality per wall-clock time: train for a fixed time, then score the run; prints one results-table row.
 
-    python benchmarks/quality.py --root_dir ../shared/cifar10 --minutes 20 [--arch paper] [-- extra train flags]
+    python benchmarks/quality.py --root_dir ../shared/cifar10 --minutes 20 [--arch paper] [--detector PATH]
+        [--no_cacc] [-- extra train flags]
 
-1. Takes the cacc classifier given by --classifier, or trains one into --outdir (`acgan classifier train`).
+1. Takes the cacc classifier given by --classifier, or trains one into --outdir (`acgan classifier train`);
+   --no_cacc skips both.
 2. Runs `acgan train` and stops it with SIGTERM after --minutes (a graceful stop: the last checkpoint is
    written at the step it reached), so every recipe gets the same wall-clock budget on the same machine.
 3. Runs `acgan evaluate` on that checkpoint: cacc and MS-SSIM always; with --detector also FID, KID,
@@ -56,14 +58,15 @@ def _cpu_name() -> str:
     return f"CPU ({names[0] if names else platform.processor() or 'unknown'}, {os.cpu_count()} cores)"
 
 
-def metrics_for(detector: str | None) -> str:
+def metrics_for(detector: str | None, cacc: bool = True) -> str:
     """What to measure: IS only with a detector that has logits (the features-only file has none)."""
+    base = "cacc,msssim" if cacc else "msssim"
     if not detector:
-        return "cacc,msssim"
+        return base
     from acgan.metrics.detector import load_detector
 
     has_logits = load_detector(Path(detector)).kind == "full"
-    return "cacc,msssim,fid,kid,pr,ifid" + (",is" if has_logits else "")
+    return base + ",fid,kid,pr,ifid" + (",is" if has_logits else "")
 
 
 ROW_METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "ifid_mean", "cacc", "msssim_fake_mean")
@@ -82,22 +85,23 @@ def main() -> None:
                     "with the full NVlabs file)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--classifier", help="from `acgan classifier train` (default: train one into --outdir)")
+    ap.add_argument("--no_cacc", action="store_true", help="skip cacc and its classifier (10-15 CPU minutes to train)")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
     a = ap.parse_args()
     data = ["--dataset", a.dataset, "--root_dir", a.root_dir]
     classifier = Path(a.classifier or Path(a.outdir) / f"classifier-{a.dataset}.pt")
-    if not classifier.exists():
+    if not a.no_cacc and not classifier.exists():
         subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
                        check=True)
     before = set(Path(a.outdir).glob("0*"))
     seconds = train_for(a.minutes, [*data, "--arch", a.arch, "--outdir", a.outdir, "--device", a.device,
                                     "--num_epochs", "100000", *a.train_args])
     (run_dir,) = set(Path(a.outdir).glob("0*")) - before
-    metrics = metrics_for(a.detector)
+    metrics = metrics_for(a.detector, cacc=not a.no_cacc)
     out = run_dir / "metrics" / "quality.json"
     cmd = _acgan("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", metrics,
-                 "--num_samples", str(a.num_samples), "--classifier", str(classifier), "--device", a.device,
-                 "--out", str(out))
+                 "--num_samples", str(a.num_samples), "--device", a.device, "--out", str(out))
+    cmd += ["--classifier", str(classifier)] if not a.no_cacc else []
     subprocess.run([*cmd, *(["--detector", a.detector] if a.detector else [])], check=True)
     results = json.loads(out.read_text())
     config = json.loads((run_dir / "config.json").read_text())
