@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -51,11 +50,10 @@ def _checkpoint_step(path: Path) -> int:
 
 
 def _cpu_name() -> str:
-    """'CPU (<model>, N cores)': platform.processor() is empty on Linux, /proc/cpuinfo is not."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return f"CPU ({names[0] if names else platform.processor() or 'unknown'}, {os.cpu_count()} cores)"
+    """'CPU (<model>, N cores)', the hardware column of a row."""
+    from acgan.precision import cpu_name
+
+    return f"CPU ({cpu_name()}, {os.cpu_count()} cores)"
 
 
 def metrics_for(detector: str | None, cacc: bool = True) -> str:

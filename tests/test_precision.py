@@ -12,6 +12,7 @@ from acgan.precision import (
     PROBE_FILE,
     autocast,
     choose_precision,
+    cpu_name,
     describe_choice,
     measure_precisions,
     resolve_precision,
@@ -147,3 +148,20 @@ def test_a_run_with_auto_learns_exactly_what_a_run_with_its_choice_learns(tmp_pa
     b = torch.load(tmp_path / "fixed" / "00000-shapes" / "checkpoints" / "last.pt", weights_only=True)
     for net in ("G", "D"):
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+
+
+def test_cpus_with_one_generic_name_are_told_apart(tmp_path):
+    # VMs named "AMD EPYC" were a Zen 1, a Zen 3 and a Zen 5 on different days: a probe cached on one must not
+    # be reused on another, so the name that keys the cache carries family and model
+    def cpuinfo(family, model):
+        path = tmp_path / f"cpuinfo-{family}-{model}"
+        core = f"vendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: AMD EPYC\n"
+        path.write_text(f"processor\t: 0\n{core}\nprocessor\t: 1\n{core}")
+        return path
+
+    zen1, zen5 = cpu_name(cpuinfo(23, 1)), cpu_name(cpuinfo(26, 2))
+    assert zen1 == "AMD EPYC (cpu family 23, model 1)" and zen5 == "AMD EPYC (cpu family 26, model 2)"
+    no_ids = tmp_path / "arm"
+    no_ids.write_text("processor\t: 0\nmodel name\t: Some Core\n")
+    assert cpu_name(no_ids) == "Some Core"
+    assert cpu_name(tmp_path / "missing")  # no /proc: the platform module's answer, never an exception

@@ -40,12 +40,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32" if precision == "auto" else precision
 
 
-def cpu_name() -> str:
-    """The CPU's model name (as /proc/cpuinfo gives it), else what the platform module knows."""
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and, from /proc/cpuinfo, its family and model numbers; else what platform knows."""
+    # Why the numbers: cloud VMs report generic names ("AMD EPYC", "Intel(R) Xeon(R) Processor") for CPUs as far
+    # apart as Zen 1 and Zen 5, or Xeons with and without AMX, and a probe measured on one must not be reused on
+    # another; family and model tell those generations apart.
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        fields: dict[str, str] = {}
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        if fields.get("model name"):
+            ids = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model") if fields.get(k))
+            return f"{fields['model name']} ({ids})" if ids else fields["model name"]
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
