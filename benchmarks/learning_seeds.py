@@ -1,6 +1,6 @@
 """The learning test's run for other seeds: train on `shapes`, judge every checkpoint, print one row per seed.
 
-    python benchmarks/learning_seeds.py --seeds 0 1 2 3 4 [--steps 3000] [--outdir runs/learning] [-- extra flags]
+    python benchmarks/learning_seeds.py --seeds 0 1 2 3 4 [--steps 4000] [--outdir runs/learning] [-- extra flags]
 
 Each seed is trained in its own process with the flags of tests/test_learning.py (one thread, as the suite
 runs that test; flags after `--` are appended and win), checkpointed every --every steps, and every checkpoint's
@@ -60,7 +60,7 @@ def main() -> None:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--every", type=int, default=500, help="checkpoint (and judge) every this many steps")
     p.add_argument("--outdir", type=Path, default=Path("runs/learning_seeds"))
     p.add_argument("--parallel", type=int, default=2, help="one-thread runs at a time (the number of cores)")

@@ -4,16 +4,14 @@ An independent classifier, trained here on real shapes (99.9% on the real test s
 images. A generator that ignores its class input is the control: the judge must find it at chance level,
 which proves that the score is conditioning and not a judge that says yes to anything.
 
-How the recipe was found (paper nets, batch 32, EMA G, one run each; docs/recipes.md's "What to expect on
-`shapes`" has every row): the paper's own recipe scores 0.48 (G and D agree on a class code no classifier
-of real images reads); D's classifier on real images only (--cls_loss ce_real), no dropout in D (its
-classifier then reads real shapes after ~250 steps instead of ~1250) and DiffAugment make it learn the
-shapes themselves; G slower than D keeps each class from collapsing onto one image; doubling both rates
-(--lr_d 1e-3 --lr_g 4e-4) and a 500-step EMA horizon (0.998) give, at step 3000 on one thread of an AMD EPYC
-(Zen 5, the thread count the suite gives this test): 0.819 for this test's run (seed 0); seeds 1-4 gave 0.837,
-0.650, 0.756 and 0.853. So this run clears the bar, but by less than the recipe's spread over seeds (0.65-0.92
-in docs/recipes.md's shapes table): another CPU, precision or thread count makes another run, which may land under
-it. docs/recipes.md has what was tried to widen the margin (nothing tried did, within this test's budget).
+What is judged is the checkpoint a user keeps: the run measures cacc (acgan's own classifier of real shapes,
+not the judge) every 250 steps and keeps best.pt by it. Why not the last step: one run is one draw from a
+spread wider than the bar's margin. On one thread of a Zen 5 the last step of 3000 scored 0.65-0.85 over five
+seeds (some seeds peak and fall back, G fooling D's classifier), and on a Zen 1 (fp32) the test's own run
+learned slower and scored 0.77 at step 3000, still rising. 4000 steps with the best checkpoint kept covers
+both kinds of run; cacc and the judge agreed within 0.07 at every checkpoint measured, so
+the choice is not luck.
+docs/recipes.md has the runs: how the recipe was found, the seeds, and the trajectories.
 """
 
 import copy
@@ -31,13 +29,24 @@ from acgan.generator import generate, load_generator
 # --diffaug color,translation,cutout --cls_loss ce_real): high learning rates get many updates out of five CPU
 # minutes, G learns slower than D so it does not collapse each class onto one image, D has no dropout and sees
 # DiffAugmented images, and its classifier learns from real images only. A small batch and an EMA of G over
-# about the last 500 steps suit a 3000-step run; everything else (the default arch's nets, BCE, Adam betas,
-# bf16 where available) is the default.
-STEPS = 3000
+# about the last 500 steps suit a run of a few thousand steps; everything else (the default arch's nets, BCE,
+# Adam betas) is the default. The precision is pinned: with `auto` the probe times fp32 NCHW against fp32
+# channels_last (and bf16), and where two run within the noise of a shared VM (fp32's two layouts on an AVX2
+# CPU) the pick, and so the floating-point order and the whole run, changed from one run to the next on the
+# same machine. Pinned fp32 with no probe cached (the suite's cache is empty) trains in NCHW, so on one machine
+# it is the same run every time.
+STEPS = 4000
 TRAIN_FLAGS = ["--dataset", "shapes", "--batch_size", "32", "--recipe", "tuned", "--ema_decay", "0.998",
                "--ema_warmup", "0", "--max_steps", str(STEPS),
-               "--log_every", "100", "--sample_every", "500", "--ckpt_every", "1000", "--seed", "0"]
+               "--log_every", "100", "--sample_every", "500", "--ckpt_every", "1000", "--seed", "0",
+               "--precision", "fp32"]
 MIN_ACCURACY = 0.8  # the core issue's bar; chance is 0.1
+# The checkpoint the run keeps: every EVAL_EVERY steps the run measures cacc with acgan's own classifier of real
+# shapes and keeps best.pt by it, as a user keeps the best checkpoint of a run. That classifier (a ResNet-style
+# net, `acgan classifier train`) is not the judge: the judge never sees the checkpoints it does not score.
+EVAL_EVERY = 250
+SELECT_FLAGS = ["--eval_every", str(EVAL_EVERY), "--eval_metrics", "cacc", "--eval_samples", "1000"]
+CLASSIFIER_FLAGS = ["--dataset", "shapes", "--epochs", "1", "--width", "8", "--device", "cpu"]  # 1.0 on real test
 PER_CLASS = 100
 JUDGE_STEPS = 1000
 
@@ -76,10 +85,13 @@ def test_generator_draws_the_requested_class(tmp_path):
     test = load_dataset("shapes", None, split="test", seed=0)
     assert _accuracy(judge, test.images, test.labels) > 0.99  # the judge itself is competent
 
-    assert main(["train", *TRAIN_FLAGS, "--outdir", str(tmp_path)]) == 0
-    trained = load_generator(tmp_path / "00000-shapes" / "checkpoints" / "last.pt", torch.device("cpu"))
+    assert main(["classifier", "train", *CLASSIFIER_FLAGS]) == 0  # into the suite's private $ACGAN_CACHE
+    assert main(["train", *TRAIN_FLAGS, *SELECT_FLAGS, "--outdir", str(tmp_path)]) == 0
+    checkpoints = tmp_path / "00000-shapes" / "checkpoints"
+    assert load_generator(checkpoints / "last.pt", torch.device("cpu")).step == STEPS
+    trained = load_generator(checkpoints / "best.pt", torch.device("cpu"))
     G = trained.net
-    assert trained.step == STEPS and len(trained.class_names) == 10
+    assert trained.step % EVAL_EVERY == 0 and len(trained.class_names) == 10
     y = torch.arange(10).repeat_interleave(PER_CLASS)
     z = torch.randn(len(y), G.nz, generator=torch.Generator().manual_seed(1))
     acc = _accuracy(judge, generate(G, z, y), y)
