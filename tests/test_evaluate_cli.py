@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from acgan.cli import main
 from acgan.config import TrainConfig
@@ -87,6 +88,37 @@ def test_eval_every_logs_metrics_and_keeps_best_by_fid(run_and_detector, monkeyp
 
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["best_fid"] == min(fids) and best["step"] in (2, 4)
+
+
+def test_measuring_a_run_never_changes_it(run_and_detector, monkeypatch, tmp_path):
+    # Loading the detector and the classifier builds nets, whose initial weights came from the run's own RNG:
+    # a run with --eval_every trained other weights than the same run without it, and a resumed one others again.
+    from acgan.checkpoint import load_checkpoint
+    from acgan.data import SHAPE_NAMES
+    from acgan.metrics.classifier import ClassifierNet, save_classifier
+
+    monkeypatch.setenv("ACGAN_CACHE", str(tmp_path / "cache"))
+    _, detector = run_and_detector
+    clf = save_classifier(ClassifierNet(len(SHAPE_NAMES), width=2), tmp_path / "clf.pt", class_names=SHAPE_NAMES,
+                          dataset_key="given", image_size=32, test_accuracy=0.5)
+    small = dict(dataset="shapes", batch_size=16, log_every=2, num_workers=0, precision="fp32")  # no probe
+    measured = dict(eval_every=2, eval_samples=40, eval_metrics="fid,kid,cacc,msssim", detector=str(detector),
+                    classifier=str(clf))
+
+    def weights(run_dir):
+        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        return state["step"], state["G"], state["D"]
+
+    plain = weights(train(TrainConfig(**small, max_steps=6, outdir=str(tmp_path / "plain"))))
+    straight = train(TrainConfig(**small, **measured, max_steps=6, outdir=str(tmp_path / "measured")))
+    assert any("fid40" in line for line in (straight / "stats.jsonl").read_text().splitlines())
+    train(TrainConfig(**small, **measured, max_steps=3, outdir=str(tmp_path / "resumed")))
+    resumed = train(TrainConfig(**small, **measured, max_steps=6, outdir=str(tmp_path / "resumed"), resume="auto"),
+                    explicit=frozenset({"max_steps", "resume"}))
+    for run in (weights(straight), weights(resumed)):
+        assert run[0] == plain[0] == 6
+        for ours, theirs in zip(run[1:], plain[1:], strict=True):
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_evaluate_checkpoint_scores_cacc_with_a_given_classifier(run_and_detector, tmp_path):

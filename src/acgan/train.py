@@ -106,8 +106,12 @@ def make_evaluator(config: TrainConfig, dataset: ImageDataset, device: torch.dev
     from acgan.metrics.run import evaluate_generator, open_classifier, open_detector
 
     metrics = parse_metrics(config.eval_metrics)
-    detector = open_detector(metrics, config.detector, device)  # fails now, not hours into the run
-    classifier = open_classifier(metrics, config.classifier, dataset, device)
+    # Building the nets that load the detector and the classifier draws initial weights from the global RNG,
+    # after the run's seed (and, on resume, after its restored stream): forked, so measuring a run never
+    # changes the run and a resumed run with --eval_every stays the uninterrupted one.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        detector = open_detector(metrics, config.detector, device)  # fails now, not hours into the run
+        classifier = open_classifier(metrics, config.classifier, dataset, device)
 
     def evaluate(G: nn.Module) -> dict[str, float]:
         results = evaluate_generator(G, dataset, metrics, num_samples=config.eval_samples, detector=detector,
