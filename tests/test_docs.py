@@ -85,3 +85,11 @@ def test_every_readme_command_is_one_the_parser_accepts():
             build_parser().parse_args(shlex.split(command)[1:])
         except SystemExit:
             pytest.fail(f"the README's command does not parse: {command}")
+
+
+def test_ci_runs_the_readme_test_command():
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    commands = [line.strip() for block in blocks for line in block.splitlines() if "pytest" in line]
+    assert len(commands) == 1, f"the README should give one test command, found {commands}"
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands[0] in ci, f"the README's test command {commands[0]!r} is not a line of .ci/run"
