@@ -10,10 +10,12 @@ from acgan.config import TrainConfig
 from acgan.distributed import DistInfo
 from acgan.precision import (
     PROBE_FILE,
+    QUICK_ROWS,
     autocast,
     choose_precision,
     cpu_name,
     describe_choice,
+    hopeless_precisions,
     measure_precisions,
     resolve_precision,
     should_compile,
@@ -60,7 +62,7 @@ class FakeMachine:
         self.steps_run += [label] * n
         return [self.step[label]] * n
 
-    def screen(self, precision: str) -> float:
+    def screen(self, precision: str, rows: int = 512, repeats: int = 3) -> float:
         return self.matmul[precision]
 
 
@@ -106,10 +108,30 @@ def test_a_precision_whose_kernels_are_hopeless_is_not_run_on_the_step(tmp_path)
     assert "fp32, channels_last nets" in line and "bf16 left out (its matmul 30x slower)" in line
 
 
+def _linear_screen(calls: list, per_row: dict[str, float], fixed: dict[str, float]):
+    """Matmul seconds of an imaginary CPU: a cost per row of the matmul plus a fixed cost (casting the weights)."""
+    def screen(precision: str, rows: int = 512, repeats: int = 3) -> float:
+        calls.append((precision, rows))
+        return per_row[precision] * rows + fixed.get(precision, 0.0)
+    return screen
+
+
+def test_an_emulated_precision_is_left_out_on_a_small_matmul_and_a_usable_one_gets_the_full_size():
+    calls = []
+    emulated = _linear_screen(calls, {"fp32": 1.0, "bf16": 60.0}, {})
+    assert hopeless_precisions(("fp32", "bf16"), emulated) == {"bf16": 60.0}
+    assert all(rows == QUICK_ROWS for _, rows in calls)  # the full-size matmul would take a minute there
+    calls.clear()
+    # bf16 units whose weight cast costs as much as 200 rows: 7.25x slower on the small matmul, 1.39x at full size
+    casting = _linear_screen(calls, {"fp32": 1.0, "bf16": 1.0}, {"bf16": 200.0})
+    assert hopeless_precisions(("fp32", "bf16"), casting) == {}
+    assert ("bf16", 512) in calls and ("fp32", 512) in calls
+
+
 def test_the_probe_alternates_its_candidates():
     order = []
     measure_precisions(lambda label, n: order.extend([label] * n) or [0.1] * n, ("fp32",), steps=3,
-                       screen=lambda p: 1.0)
+                       screen=lambda p, **_: 1.0)
     # after one warm-up step each, one step of each in turn: a slow spell cannot land on one candidate only
     assert order == ["fp32 nchw", "fp32 channels_last"] * 4
 
