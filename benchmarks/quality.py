@@ -7,6 +7,8 @@
    --no_cacc skips both.
 2. Runs `acgan train` and stops it with SIGTERM after --minutes (a graceful stop: the last checkpoint is
    written at the step it reached), so every recipe gets the same wall-clock budget on the same machine.
+   `--train_only` stops here; `--run_dir` scores such a run later (on a CPU the scoring of 10,000 images is
+   about as long as the training).
 3. Runs `acgan evaluate` on that checkpoint: cacc and MS-SSIM always; with --detector also FID, KID,
    precision/recall and intra-class FID, and IS when the detector has logits (the full NVlabs file, not the
    features-only copy). Prints the row for the README's results table and writes it as JSON.
@@ -67,6 +69,7 @@ def metrics_for(detector: str | None, cacc: bool = True) -> str:
     return base + ",fid,kid,pr,ifid" + (",is" if has_logits else "")
 
 
+TRAIN_TIME = "train-time.json"  # in the run dir: how long quality.py let it train, for a later --run_dir
 ROW_METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "ifid_mean", "cacc", "msssim_fake_mean")
 
 
@@ -84,6 +87,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--classifier", help="from `acgan classifier train` (default: train one into --outdir)")
     ap.add_argument("--no_cacc", action="store_true", help="skip cacc and its classifier (10-15 CPU minutes to train)")
+    ap.add_argument("--train_only", action="store_true", help="train, then stop before the (long) scoring")
+    ap.add_argument("--run_dir", help="score this run of an earlier --train_only instead of training one")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
     a = ap.parse_args()
     data = ["--dataset", a.dataset, "--root_dir", a.root_dir]
@@ -91,10 +96,18 @@ def main() -> None:
     if not a.no_cacc and not classifier.exists():
         subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
                        check=True)
-    before = set(Path(a.outdir).glob("0*"))
-    seconds = train_for(a.minutes, [*data, "--arch", a.arch, "--outdir", a.outdir, "--device", a.device,
-                                    "--num_epochs", "100000", *a.train_args])
-    (run_dir,) = set(Path(a.outdir).glob("0*")) - before
+    if a.run_dir:  # scored later, maybe on another day: the training time is the one written when it was trained
+        run_dir = Path(a.run_dir)
+        seconds = json.loads((run_dir / TRAIN_TIME).read_text())["seconds"]
+    else:
+        before = set(Path(a.outdir).glob("0*"))
+        seconds = train_for(a.minutes, [*data, "--arch", a.arch, "--outdir", a.outdir, "--device", a.device,
+                                        "--num_epochs", "100000", *a.train_args])
+        (run_dir,) = set(Path(a.outdir).glob("0*")) - before
+        (run_dir / TRAIN_TIME).write_text(json.dumps({"seconds": seconds, "cpu": _cpu_name()}) + "\n")
+    if a.train_only:
+        print(f"trained {run_dir} for {seconds / 60:.1f} min; score it with --run_dir {run_dir}")
+        return
     metrics = metrics_for(a.detector, cacc=not a.no_cacc)
     out = run_dir / "metrics" / "quality.json"
     cmd = _acgan("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", metrics,
