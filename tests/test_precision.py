@@ -120,7 +120,7 @@ def test_an_emulated_precision_is_left_out_on_a_small_matmul_and_a_usable_one_ge
     calls = []
     emulated = _linear_screen(calls, {"fp32": 1.0, "bf16": 60.0}, {})
     assert hopeless_precisions(("fp32", "bf16"), emulated) == {"bf16": 60.0}
-    assert all(rows == QUICK_ROWS for _, rows in calls)  # the full-size matmul would take a minute there
+    assert all(rows == QUICK_ROWS for _, rows in calls)  # emulated: the full-size matmul is never paid for
     calls.clear()
     # bf16 units whose weight cast costs as much as 200 rows: 7.25x slower on the small matmul, 1.39x at full size
     casting = _linear_screen(calls, {"fp32": 1.0, "bf16": 1.0}, {"bf16": 200.0})

@@ -120,7 +120,7 @@ def hopeless_precisions(candidates: tuple[str, ...] = CPU_CANDIDATES,
     """The candidates whose matmuls run over 2x slower than fp32's, with that slowdown (never fp32 itself).
 
     A first look on a 32-row matmul settles the clear cases cheaply: where bf16 is emulated it is tens of times
-    slower at any size, and four calls of the full-size matmul took over a minute on such a CPU. Only a
+    slower at any size, and there the full-size screen alone would cost more than the whole probe. Only a
     candidate within QUICK_HOPELESS of fp32 there is timed on the full size, where the fixed cost of casting the
     weights (relatively larger on a small matmul) no longer distorts the ratio.
     """
