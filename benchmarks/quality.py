@@ -73,6 +73,13 @@ TRAIN_TIME = "train-time.json"  # in the run dir: how long quality.py let it tra
 ROW_METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "ifid_mean", "cacc", "msssim_fake_mean")
 
 
+def _earlier_run(run_dir: Path) -> tuple[Path, float]:
+    """A run of an earlier --train_only and its training seconds (scored later, maybe on another day)."""
+    if not (run_dir / TRAIN_TIME).is_file():
+        sys.exit(f"{run_dir} has no {TRAIN_TIME}: --run_dir takes a run trained by quality.py --train_only")
+    return run_dir, json.loads((run_dir / TRAIN_TIME).read_text())["seconds"]
+
+
 def main() -> None:
     """Train, evaluate, print the row."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -93,12 +100,8 @@ def main() -> None:
     a = ap.parse_args()
     data = ["--dataset", a.dataset, "--root_dir", a.root_dir]
     classifier = Path(a.classifier or Path(a.outdir) / f"classifier-{a.dataset}.pt")
-    if not a.no_cacc and not classifier.exists():
-        subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
-                       check=True)
-    if a.run_dir:  # scored later, maybe on another day: the training time is the one written when it was trained
-        run_dir = Path(a.run_dir)
-        seconds = json.loads((run_dir / TRAIN_TIME).read_text())["seconds"]
+    if a.run_dir:
+        run_dir, seconds = _earlier_run(Path(a.run_dir))
     else:
         before = set(Path(a.outdir).glob("0*"))
         seconds = train_for(a.minutes, [*data, "--arch", a.arch, "--outdir", a.outdir, "--device", a.device,
@@ -108,6 +111,9 @@ def main() -> None:
     if a.train_only:
         print(f"trained {run_dir} for {seconds / 60:.1f} min; score it with --run_dir {run_dir}")
         return
+    if not a.no_cacc and not classifier.exists():
+        subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
+                       check=True)
     metrics = metrics_for(a.detector, cacc=not a.no_cacc)
     out = run_dir / "metrics" / "quality.json"
     cmd = _acgan("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", metrics,
