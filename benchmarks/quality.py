@@ -93,7 +93,7 @@ def main() -> None:
                     "with the full NVlabs file)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--classifier", help="from `acgan classifier train` (default: train one into --outdir)")
-    ap.add_argument("--no_cacc", action="store_true", help="skip cacc and its classifier (10-15 CPU minutes to train)")
+    ap.add_argument("--no_cacc", action="store_true", help="skip cacc and its classifier (slow on CPUs)")
     ap.add_argument("--train_only", action="store_true", help="train, then stop before the (long) scoring")
     ap.add_argument("--run_dir", help="score this run of an earlier --train_only instead of training one")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")

@@ -19,12 +19,14 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _flag_row(action: argparse.Action) -> str:
+def _flag_row(action: argparse.Action, parser: argparse.ArgumentParser) -> str:
+    # argparse's own expansion, so `%%` and `%(default)s` read as `--help` prints them
+    text = parser._get_formatter()._expand_help(action) if action.help else ""
     takes_value = action.nargs != 0 and action.choices is None
     value = f" {action.metavar or action.dest.upper()}" if takes_value else ""
     names = ", ".join(f"`{s}{value}`" for s in action.option_strings)
     choices = ", ".join(f"`{c}`" for c in action.choices) if action.choices else ""
-    return f"| {names} | {choices} | {_cell(action.help or '')} |"
+    return f"| {names} | {choices} | {_cell(text)} |"
 
 
 def _command_section(title: str, parser: argparse.ArgumentParser) -> list[str]:
@@ -35,7 +37,7 @@ def _command_section(title: str, parser: argparse.ArgumentParser) -> list[str]:
             continue
         heading = "options" if group.title in ("options", "optional arguments") else group.title
         lines += [f"### {_cell(heading or '')}", "", "| flag | choices | meaning |", "|---|---|---|"]
-        lines += [_flag_row(a) for a in actions] + [""]
+        lines += [_flag_row(a, parser) for a in actions] + [""]
     return lines
 
 

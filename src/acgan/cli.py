@@ -206,7 +206,8 @@ def _add_classifier(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--class_names", dest="class_names_file", metavar="FILE", help="as for acgan train")
     t.add_argument("--download", action="store_true", help="download CIFAR into --root_dir if it is not there")
     t.add_argument("--epochs", type=int, default=clf.epochs, help=f"epochs; {clf.epochs} give about 91%% on "
-                   f"CIFAR-10 (seconds on a GPU); on a CPU 4 give about 87%% in 10-15 minutes (default: {clf.epochs})")
+                   f"CIFAR-10, 4 about 87%% (the time each takes, per machine: docs/metrics.md) "
+                   f"(default: {clf.epochs})")
     t.add_argument("--batch_size", type=int, default=clf.batch_size, help=f"(default: {clf.batch_size})")
     t.add_argument("--lr", type=float, default=clf.lr, help=f"peak SGD learning rate (default: {clf.lr})")
     t.add_argument("--width", type=int, default=clf.width, help=f"channels of the first layer (default: {clf.width})")
