@@ -35,6 +35,16 @@ def test_flag_reference_lists_every_train_flag():
     assert all(f"`{f}" in text for f in flags)
 
 
+def test_flag_reference_reads_as_help_prints_it():
+    # help strings escape % for argparse; the page must show what a user sees in --help, not the escapes
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", default=7, help="about 91%% at %(default)s")
+    (action,) = [a for a in parser._actions if a.dest == "rate"]
+    assert _flags_md()._flag_row(action, parser) == "| `--rate RATE` |  | about 91% at 7 |"
+
+
 def test_flag_check_mode_reports_a_stale_page(tmp_path, monkeypatch, capsys):
     module = _flags_md()
     stale = tmp_path / "flags.md"
