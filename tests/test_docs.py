@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
 from pathlib import Path
@@ -37,8 +38,6 @@ def test_flag_reference_lists_every_train_flag():
 
 def test_flag_reference_reads_as_help_prints_it():
     # help strings escape % for argparse; the page must show what a user sees in --help, not the escapes
-    import argparse
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", default=7, help="about 91%% at %(default)s")
     (action,) = [a for a in parser._actions if a.dest == "rate"]
