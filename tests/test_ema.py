@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from acgan.config import TrainConfig, config_from_dict, default_ema_warmup
 from acgan.ema import ema_decay, make_ema, update_ema
+from acgan.errors import UserError
 
 
 def _linear(weight, bias):
@@ -115,3 +117,25 @@ def test_make_and_update_unwrap_a_compiled_module():
         G.weight.fill_(1.0)
     update_ema(G_ema, _Compiled(G), 0.0)
     assert torch.equal(G_ema.weight, G.weight)
+
+
+@pytest.mark.parametrize("decay", [0.99, 0.999, 0.9999])
+def test_default_warmup_keeps_the_half_life_within_five_percent_of_the_steps(decay):
+    # NVlabs' ema_rampup 0.05: half-life (steps for a weight to fade to 1/2) = 5% of the steps taken, to within
+    # a step (the ramp starts from a horizon of 1, not 0), until the decay reaches its target
+    warmup = default_ema_warmup(decay)
+    for step in (warmup // 10, warmup // 3, warmup - 1):
+        half_life = math.log(0.5) / math.log(ema_decay(step, decay, warmup))
+        assert math.isclose(half_life, 0.05 * step, rel_tol=0.01, abs_tol=1.0), (step, half_life)
+    assert ema_decay(warmup, decay, warmup) == decay
+    assert default_ema_warmup(0.0) == 0  # EMA off: nothing to ramp
+
+
+def test_ema_warmup_default_resolves_per_decay_and_a_given_or_saved_one_wins():
+    tuned = TrainConfig(recipe="tuned").resolved()
+    assert tuned.ema_decay == 0.999 and tuned.ema_warmup == default_ema_warmup(0.999)
+    assert TrainConfig(recipe="tuned", ema_warmup=0).resolved().ema_warmup == 0
+    # a run saved before the ramp (fixed 1,000 steps) resumes with its own schedule
+    assert config_from_dict({**tuned.to_dict(), "ema_warmup": 1000}).resolved().ema_warmup == 1000
+    with pytest.raises(UserError, match="--ema_warmup"):
+        TrainConfig(ema_warmup=-1)

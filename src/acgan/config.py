@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,19 @@ TUNED_RECIPE: dict[str, Any] = {"cls_loss": "ce_real", "d_dropout": 0.0, "diffau
                                 "ema_decay": 0.999}
 TUNED_LR_SCALE = {"lr_d": 5.0, "lr_g": 2.0}
 
+# NVlabs' ema_rampup (StyleGAN2-ADA's CIFAR config, EDM): the EMA's half-life stays within 5% of the steps taken.
+# A fixed 1,000-step warm-up left G_ema averaging the whole young run, so short runs sampled a blur of it.
+EMA_RAMPUP = 0.05
+
+
+def default_ema_warmup(ema_decay: float) -> int:
+    """Steps until the EMA reaches ema_decay when its half-life is EMA_RAMPUP of the steps taken (0: EMA off)."""
+    if ema_decay <= 0.0:
+        return 0
+    # the warm-up grows the horizon 1/(1 - d) linearly (ema.ema_decay); a half-life of r * step is a horizon of
+    # r * step / ln 2, so the ramp ends where that reaches 1/(1 - ema_decay)
+    return round(math.log(2) / (EMA_RAMPUP * (1.0 - ema_decay)))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -92,7 +106,7 @@ class TrainConfig:
     lr_g: float | None = None
     n_dis: int = 1
     ema_decay: float | None = None
-    ema_warmup: int = 1000
+    ema_warmup: int | None = None
     diffaug: str | None = None
     d_dropout: float | None = None
     # run control
@@ -125,7 +139,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         for name in ("num_workers", "max_rollbacks", "ema_warmup"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_steps", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
@@ -177,6 +191,8 @@ class TrainConfig:
             recipe = {**TUNED_RECIPE, **{k: scale * self.lr for k, scale in TUNED_LR_SCALE.items()}}
         fills = {**spec.defaults, "lr_d": self.lr, "lr_g": self.lr, **recipe}
         config = self.replace(**{k: v for k, v in fills.items() if getattr(self, k) is None})
+        if config.ema_warmup is None:
+            config = config.replace(ema_warmup=default_ema_warmup(config.ema_decay))
         if config.g_cond == "cbn" and spec.one_hot_g:
             cbn = " or ".join(a for a, s in ARCH_SPECS.items() if not s.one_hot_g)
             raise UserError(f"--g_cond cbn needs --arch {cbn} (the {config.arch} G takes a one-hot input)")

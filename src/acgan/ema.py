@@ -31,8 +31,8 @@ def ema_decay(step: int, decay: float, warmup_steps: int) -> float:
     # half-life to images seen the same way): early G weights are near-random and move fast, so a fixed 0.999
     # would keep sampling from a blur of the initialisation for thousands of steps. The horizon
     # 1 + f * (1/(1 - decay) - 1), f = step / warmup_steps, starts at 1 (the EMA copies G) and grows with the
-    # steps taken; warmup_steps >= 1/(1 - decay) keeps it within the run so far. Solving 1 - 1/horizon for d
-    # gives the closed form below, which never divides by 1 - decay (decay = 1 is safe).
+    # steps taken; the default warm-up (config.default_ema_warmup) keeps it near 7% of them, as NVlabs' does.
+    # Solving 1 - 1/horizon for d gives the closed form below, which never divides by 1 - decay (decay = 1 is safe).
     frac = max(step, 0) / warmup_steps
     denom = 1.0 - decay + frac * decay
     return frac * decay / denom if denom > 0 else decay
