@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from acgan.storage import unused_path
+
 
 def _acgan(*args: str) -> list[str]:
     return [sys.executable, "-m", "acgan", *args]
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--no_cacc", action="store_true", help="skip cacc and its classifier (slow on CPUs)")
     ap.add_argument("--train_only", action="store_true", help="train, then stop before the (long) scoring")
     ap.add_argument("--run_dir", help="score this run of an earlier --train_only instead of training one")
+    ap.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                    help="score the run's EMA G or its raw G (rows and JSON of raw get a -raw suffix)")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
     a = ap.parse_args()
     data = ["--dataset", a.dataset, "--root_dir", a.root_dir]
@@ -115,9 +119,12 @@ def main() -> None:
         subprocess.run(_acgan("classifier", "train", *data, "--device", a.device, "--out", str(classifier)),
                        check=True)
     metrics = metrics_for(a.detector, cacc=not a.no_cacc)
-    out = run_dir / "metrics" / "quality.json"
+    suffix = "-raw" if a.weights == "raw" else ""
+    # a new name when the run was scored before: reading back an earlier file would print its stale row
+    out = unused_path(run_dir / "metrics" / f"quality{suffix}.json")
     cmd = _acgan("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--metrics", metrics,
-                 "--num_samples", str(a.num_samples), "--device", a.device, "--out", str(out))
+                 "--num_samples", str(a.num_samples), "--device", a.device, "--out", str(out),
+                 "--weights", a.weights)
     cmd += ["--classifier", str(classifier)] if not a.no_cacc else []
     subprocess.run([*cmd, *(["--detector", a.detector] if a.detector else [])], check=True)
     results = json.loads(out.read_text())
@@ -128,10 +135,11 @@ def main() -> None:
               f"diffaug {config['diffaug']}, "
               f"n_dis {config['n_dis']}, batch {config['batch_size']}, lr {config['lr_d']}/{config['lr_g']}")
     hardware = config["resolved_device"] if config["resolved_device"] != "cpu" else _cpu_name()
+    recipe += ", raw G" if a.weights == "raw" else ""
     row = {"arch": config["arch"], "recipe": recipe, "steps": step, "hardware": hardware,
            "minutes": round(seconds / 60, 1), "num_samples": a.num_samples,
            **{k: results.get(k) for k in ROW_METRICS}, "cacc_real_test": results.get("cacc_real_test")}
-    (run_dir / "metrics" / "quality-row.json").write_text(json.dumps(row, indent=2) + "\n")
+    out.with_name(out.name.replace("quality", "quality-row", 1)).write_text(json.dumps(row, indent=2) + "\n")
     cells = [row["arch"], recipe, str(step), hardware, f"{row['minutes']} min",
              *(f"{row[k]:.4g}" if isinstance(row[k], float) else "not measured" for k in ROW_METRICS)]
     print("| " + " | ".join(["arch", "recipe", "steps", "hardware", "time", *ROW_METRICS]) + " |")

@@ -177,3 +177,13 @@ def generator_checkpoint(path: Path, arch: str = "paper", step: int = 7, class_n
              "class_names": list(class_names)}
     atomic_save(state, path)
     return path
+
+
+def with_ema(path: Path, out: Path) -> Path:
+    """A copy of a generator checkpoint with a G_ema whose every weight is G's + 1: the two draw different images."""
+    from acgan.checkpoint import atomic_save
+
+    state = torch.load(path, weights_only=True)
+    state["G_ema"] = {k: v + 1 if v.is_floating_point() else v.clone() for k, v in state["G"].items()}
+    atomic_save(state, out)
+    return out

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from data_fixtures import with_ema
 
 from acgan.cli import main
 from acgan.config import TrainConfig
@@ -170,3 +171,17 @@ def test_a_prepared_directory_scores_as_the_data_it_was_prepared_from(run_and_de
     assert main(["evaluate", "--real", str(prepared), "--real_dataset", "prepared", "--dataset", "shapes",
                  "--split", "test", "--detector", str(detector), "--metrics", "fid", "--out", str(out)]) == 0
     assert abs(json.loads(out.read_text())["fid"]) < 1e-6
+
+
+def test_evaluate_scores_the_raw_g_on_request_and_the_json_says_which(run_and_detector, capsys, tmp_path):
+    run_dir, detector = run_and_detector
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    both = with_ema(run_dir / "checkpoints" / "last.pt", tmp_path / "run" / "checkpoints" / "last.pt")
+    base = ["evaluate", "--checkpoint", str(both), "--metrics", "fid", "--num_samples", "100", "--detector",
+            str(detector)]
+    assert main([*base, "--out", str(tmp_path / "ema.json")]) == 0
+    assert "drawn by G_ema" in capsys.readouterr().out
+    assert main([*base, "--weights", "raw"]) == 0  # default name: beside the EMA's, never over it
+    ema = json.loads((tmp_path / "ema.json").read_text())
+    raw = json.loads((tmp_path / "run" / "metrics" / "step-00000002-raw.json").read_text())
+    assert (ema["generator"], raw["generator"]) == ("G_ema", "G") and ema["fid"] != raw["fid"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import generator_checkpoint
+from data_fixtures import generator_checkpoint, with_ema
 
 import acgan
 from acgan.cli import main
@@ -120,3 +120,27 @@ def test_an_exported_folder_that_was_tampered_with_is_one_clear_error(checkpoint
     (out / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(acgan.generator.UserError, match="not a readable exported generator"):
         acgan.load_generator(out, "cpu")
+
+
+def test_load_generator_takes_the_ema_or_asks_for_the_raw_g(tmp_path):
+    plain = generator_checkpoint(tmp_path / "plain.pt", ema_decay=0.999)
+    both = with_ema(plain, tmp_path / "both.pt")
+    state = torch.load(both, weights_only=True)
+    name = next(k for k, v in state["G"].items() if v.is_floating_point())
+    ema, raw = acgan.load_generator(both, "cpu"), acgan.load_generator(both, "cpu", weights="raw")
+    assert (ema.source, raw.source) == ("G_ema", "G")
+    assert torch.equal(ema.net.state_dict()[name], state["G_ema"][name])
+    assert torch.equal(raw.net.state_dict()[name], state["G"][name])
+    assert acgan.load_generator(plain, "cpu").source == "G"  # no EMA kept: G is all there is
+    with pytest.raises(acgan.generator.UserError, match="weights must be one of ema, raw"):
+        acgan.load_generator(both, "cpu", weights="best")
+
+
+def test_an_export_remembers_which_g_it_holds_and_has_no_raw_one(tmp_path):
+    both = with_ema(generator_checkpoint(tmp_path / "plain.pt", ema_decay=0.999), tmp_path / "both.pt")
+    out = tmp_path / "g"
+    assert main(["export", "--checkpoint", str(both), "--format", "safetensors", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["source"] == "G_ema"
+    assert acgan.load_generator(out, "cpu").source == "G_ema"
+    with pytest.raises(acgan.generator.UserError, match="holds one generator"):
+        acgan.load_generator(out, "cpu", weights="raw")

@@ -1,9 +1,12 @@
 """`acgan sample`: images by class, grids with one row per class, class sweeps and interpolations."""
 
+import numpy as np
 import pytest
 import torch
+from data_fixtures import generator_checkpoint, with_ema
 from PIL import Image
 
+from acgan.cli import main
 from acgan.config import TrainConfig
 from acgan.errors import UserError
 from acgan.generator import class_grid_inputs, resolve_class, slerp
@@ -66,3 +69,14 @@ def test_write_samples_of_one_class_by_name(checkpoint, tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["star-0000.png", "star-0001.png", "star-0002.png",
                                                      "star-grid.png"]
     assert Image.open(dest / "star-0000.png").size == (32, 32)
+
+
+def test_sample_draws_the_raw_g_on_request_into_a_folder_that_says_so(tmp_path):
+    both = with_ema(generator_checkpoint(tmp_path / "plain.pt", step=5, ema_decay=0.999), tmp_path / "both.pt")
+    out = tmp_path / "out"
+    common = ["sample", "--checkpoint", str(both), "--class", "star", "--num", "2", "--out_dir", str(out)]
+    assert main(common) == 0 and main([*common, "--weights", "raw"]) == 0
+    (ema_dir,) = out.glob("*-step5")
+    (raw_dir,) = out.glob("*-step5-raw")
+    ema_png, raw_png = (np.asarray(Image.open(d / "star-0000.png")) for d in (ema_dir, raw_dir))
+    assert not np.array_equal(ema_png, raw_png)  # same seed, other weights

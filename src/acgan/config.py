@@ -243,11 +243,13 @@ class EvalDefaults:
     num_workers: int = 2
     sample_num: int = 10  # `acgan sample`: images of one class, or columns per class
     sample_steps: int = 10  # `acgan sample`: points on each interpolation strip
+    weights: str = "ema"  # the run's EMA of G (its G where it kept none); "raw": G as trained
     # the detector's precision ($ACGAN_DETECTOR_PRECISION=bf16 for quick, non-standard FID on a CPU)
     detector_precision: str = "fp32"
 
 
 EVAL_DEFAULTS = EvalDefaults()
+GENERATOR_WEIGHTS = ("ema", "raw")  # which of a checkpoint's generators `sample` and `evaluate` load
 EVAL_BATCH = EVAL_DEFAULTS.batch_size
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 

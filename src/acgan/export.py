@@ -50,7 +50,7 @@ def export_metadata(gen: TrainedGenerator) -> dict:
     c = gen.config
     return {"acgan_export": EXPORT_FORMAT, "arch": c.arch, "nz": c.nz, "image_size": c.image_size,
             "g_cond": c.g_cond, "num_classes": len(gen.class_names), "class_names": list(gen.class_names),
-            "step": gen.step, "train_config": c.to_dict(),
+            "step": gen.step, "source": gen.source, "train_config": c.to_dict(),
             "inputs": {"z": "float32 (N, nz), standard normal", "y": "int64 (N,), class indices"},
             "output": "float32 (N, 3, image_size, image_size) in [-1, 1]"}
 
@@ -58,7 +58,7 @@ def export_metadata(gen: TrainedGenerator) -> dict:
 def _on_cpu(gen: TrainedGenerator) -> TrainedGenerator:
     """The generator moved to the CPU: exported files should not depend on the machine that wrote them."""
     cpu = torch.device("cpu")
-    return TrainedGenerator(gen.net.to(cpu), gen.class_names, gen.config, gen.step, cpu)
+    return TrainedGenerator(gen.net.to(cpu), gen.class_names, gen.config, gen.step, cpu, gen.source)
 
 
 def _example_inputs(gen: TrainedGenerator, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from acgan.checkpoint import load_checkpoint
-from acgan.config import TrainConfig, config_from_dict
+from acgan.config import EVAL_DEFAULTS, GENERATOR_WEIGHTS, TrainConfig, config_from_dict
 from acgan.data import to_uint8
 from acgan.device import resolve_device
 from acgan.errors import UserError
@@ -38,6 +38,7 @@ class TrainedGenerator:
     config: TrainConfig  # the resolved training config: arch, nz, image_size, g_cond, dataset, ...
     step: int
     device: torch.device
+    source: str  # the checkpoint entry the weights came from: "G_ema" or "G"
 
     @property
     def nz(self) -> int:
@@ -119,29 +120,38 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
 
 
-def load_generator(path: str | Path, device: str | torch.device = "auto") -> TrainedGenerator:
-    """A trained generator from a checkpoint file (acgan train) or an exported folder (acgan export safetensors)."""
+def load_generator(path: str | Path, device: str | torch.device = "auto",
+                   weights: str = EVAL_DEFAULTS.weights) -> TrainedGenerator:
+    """A trained generator from a checkpoint file (acgan train) or an exported folder (acgan export safetensors).
+
+    weights="raw" loads G as trained instead of its EMA: the EMA lags early in a run, and comparing the two
+    tells whether it has caught up.
+    """
+    if weights not in GENERATOR_WEIGHTS:
+        raise UserError(f"weights must be one of {', '.join(GENERATOR_WEIGHTS)}, got {weights!r}")
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
     if path.is_dir():
         if not (path / WEIGHTS_FILE).is_file():
             raise UserError(f"{path} is a folder without {WEIGHTS_FILE}: give a checkpoint file or an exported folder")
+        if weights == "raw":
+            raise UserError(f"{path} is an export, which holds one generator: the raw G is in the run's checkpoint")
         return _from_export(path, device)
     state = load_checkpoint(path, map_location=device)
     config = config_from_dict(state["config"]).resolved()  # older checkpoints name no arch: the paper's
     class_names = tuple(state["class_names"])
-    weights = state["G_ema"] if state.get("G_ema") is not None else state["G"]
-    return _assemble(weights, class_names, config, int(state["step"]), device)
+    source = "G_ema" if weights == "ema" and state.get("G_ema") is not None else "G"
+    return _assemble(state[source], class_names, config, int(state["step"]), device, source)
 
 
-def _assemble(weights: dict[str, torch.Tensor], class_names: tuple[str, ...], config: TrainConfig, step: int,
-              device: torch.device) -> TrainedGenerator:
+def _assemble(params: dict[str, torch.Tensor], class_names: tuple[str, ...], config: TrainConfig, step: int,
+              device: torch.device, source: str) -> TrainedGenerator:
     net = generator_for(config, len(class_names)).to(device)
     try:
-        net.load_state_dict(weights)
+        net.load_state_dict(params)
     except RuntimeError:
         raise UserError(f"the weights do not fit a {config.arch} generator of {len(class_names)} classes") from None
-    return TrainedGenerator(net.eval(), class_names, config, step, device)
+    return TrainedGenerator(net.eval(), class_names, config, step, device, source)
 
 
 def _from_export(folder: Path, device: torch.device) -> TrainedGenerator:
@@ -156,4 +166,6 @@ def _from_export(folder: Path, device: torch.device) -> TrainedGenerator:
     if not isinstance(meta, dict) or meta.get("acgan_export") != EXPORT_FORMAT:
         raise UserError(f"{folder / CONFIG_FILE} is not an acgan export (format {EXPORT_FORMAT})")
     config = config_from_dict(meta["train_config"]).resolved()
-    return _assemble(weights, tuple(meta["class_names"]), config, int(meta["step"]), device)
+    # exports before "source" was recorded took G_ema whenever the run kept one
+    source = meta.get("source", "G_ema" if config.ema_decay > 0 else "G")
+    return _assemble(weights, tuple(meta["class_names"]), config, int(meta["step"]), device, source)

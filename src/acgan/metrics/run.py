@@ -155,7 +155,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     detector = open_detector(metrics, args.detector, device)
     start = time.perf_counter()
     if args.checkpoint is not None:
-        trained = load_generator(args.checkpoint, device)
+        trained = load_generator(args.checkpoint, device, args.weights)
         G, config, step = trained.net, trained.config, trained.step
         dataset, root_dir = args.dataset or config.dataset, args.root_dir or config.root_dir
         subset = {"classes": config.classes, "class_names_file": config.class_names_file}
@@ -165,7 +165,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         results = evaluate_generator(G, reference, metrics, num_samples=args.num_samples, detector=detector,
                                      seed=args.seed, batch_size=args.batch_size, classifier=classifier)
         run_dir = args.checkpoint.resolve().parent.parent
-        default_out = run_dir / "metrics" / f"step-{step:08d}.json"
+        raw = "-raw" if args.weights == "raw" else ""  # never mixed up with (or overwriting) the EMA's figures
+        default_out = run_dir / "metrics" / f"step-{step:08d}{raw}.json"
     else:
         if args.dataset is None or (args.root_dir is None and args.dataset != "shapes"):
             raise UserError("--real needs --dataset and --root_dir for the reference images")
@@ -184,9 +185,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     # printed first: a disk that refuses the JSON must not take the numbers with it
     print(format_table(results))
     made = "generated and scored" if args.checkpoint is not None else f"of {args.real} scored"
+    by = f", drawn by {trained.source}" if args.checkpoint is not None else ""
     print(f"{int(results['num_fake'])} images {made} in {seconds:.1f} s "
-          f"({results['num_fake'] / seconds:.1f} images/s on {device}, real statistics included)")
+          f"({results['num_fake'] / seconds:.1f} images/s on {device}, real statistics included){by}")
     # which detector and precision made the numbers: bf16 features are other (close) numbers than fp32's
-    write_json({**results, **({"detector": detector.name} if detector is not None else {})}, out)
+    made_by = {"detector": detector.name} if detector is not None else {}
+    if args.checkpoint is not None:
+        made_by["generator"] = trained.source  # "G_ema" or "G": the EMA and the raw G score differently
+    write_json({**results, **made_by}, out)
     print(f"wrote {out}")
     return 0
