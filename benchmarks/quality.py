@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from acgan.config import EVAL_DEFAULTS, GENERATOR_WEIGHTS
 from acgan.storage import unused_path
 
 
@@ -98,7 +99,7 @@ def main() -> None:
     ap.add_argument("--no_cacc", action="store_true", help="skip cacc and its classifier (slow on CPUs)")
     ap.add_argument("--train_only", action="store_true", help="train, then stop before the (long) scoring")
     ap.add_argument("--run_dir", help="score this run of an earlier --train_only instead of training one")
-    ap.add_argument("--weights", choices=("ema", "raw"), default="ema",
+    ap.add_argument("--weights", choices=GENERATOR_WEIGHTS, default=EVAL_DEFAULTS.weights,
                     help="score the run's EMA G or its raw G (rows and JSON of raw get a -raw suffix)")
     ap.add_argument("train_args", nargs="*", help="more `acgan train` flags, after --")
     a = ap.parse_args()
