@@ -46,6 +46,7 @@ def test_bad_flags_exit_2_with_one_line(args):
 @pytest.mark.parametrize("args, needle", [
     (["train", "--batch_size", "-5"], "--batch_size must be positive"),
     (["train", "--lr", "0"], "--lr must be positive"),
+    (["train", "--g_cls_weight", "-1"], "--g_cls_weight must be positive"),
     (["train", "--dataset", "shapes", "--arch", "sndcgan", "--recipe", "tuned"], "--recipe tuned is for"),
     (["train", "--dataset", "cifar10", "--root_dir", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["train", "--dataset", "folder", "--root_dir", "/nonexistent/images"], "/nonexistent/images"),

@@ -45,6 +45,13 @@ def test_g_loss_is_non_saturating_and_conditional():
     assert src.grad.abs().item() > 0.9
 
 
+def test_g_cls_weight_scales_only_the_class_term():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    loss, _ = g_loss(torch.tensor([1.0]), logits, torch.tensor([2]), cls_weight=0.5)
+    source = -math.log(_sigmoid(1.0))  # non-saturating: -log D(G(z))
+    assert math.isclose(loss.item(), source - 0.5 * _log_softmax_at([2.0, -1.0, 0.5], 2), rel_tol=1e-6)
+
+
 def test_losses_are_fp32_for_bf16_logits():
     loss, _ = d_loss_real(torch.zeros(3, dtype=torch.bfloat16), torch.zeros(3, 5, dtype=torch.bfloat16),
                           torch.tensor([0, 1, 2]))
@@ -180,7 +187,8 @@ def test_the_trainer_settles_the_objective_once():
                                                                                False)
     paper = build_trainer(TrainConfig(), 10, cpu, DistInfo()).objective
     assert (paper.source_loss, paper.cls_loss, paper.augment, paper.proxies) == ("bce", "ce", (), None)
-    assert paper.d_learns_classes_from_fakes
+    assert paper.d_learns_classes_from_fakes and paper.g_cls_weight == 1.0  # the paper's weight unless asked
+    assert build_trainer(TrainConfig(g_cls_weight=0.5), 10, cpu, DistInfo()).objective.g_cls_weight == 0.5
     x = torch.rand(2, 3, 32, 32)
     assert paper.view(x) is x and not torch.equal(obj.view(x), x)
 
@@ -193,3 +201,5 @@ def test_objective_gives_what_the_loss_functions_give():
     assert torch.equal(obj.d_real(s, logits, y)[0], d_loss_real(s, logits, y, loss="hinge")[0])
     assert torch.equal(obj.d_fake(s, logits, y)[0], d_loss_fake(s, logits, y, loss="hinge", cls_loss="ce_real")[0])
     assert torch.equal(obj.g(s, logits, y)[0], g_loss(s, logits, y, loss="hinge")[0])
+    half = Objective("hinge", "ce_real", g_cls_weight=0.5)
+    assert torch.equal(half.g(s, logits, y)[0], g_loss(s, logits, y, loss="hinge", cls_weight=0.5)[0])

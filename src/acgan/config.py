@@ -102,6 +102,7 @@ class TrainConfig:
     g_cond: str | None = None
     loss: str | None = None
     cls_loss: str | None = None
+    g_cls_weight: float = 1.0  # the paper's: G's class term counts as much as its source term
     lr_d: float | None = None
     lr_g: float | None = None
     n_dis: int = 1
@@ -146,7 +147,7 @@ class TrainConfig:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.eval_samples < 2:
             raise UserError(f"--eval_samples must be at least 2, got {self.eval_samples}")
-        for name in ("lr", "lr_d", "lr_g"):
+        for name in ("lr", "lr_d", "lr_g", "g_cls_weight"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserError(f"--{name} must be positive, got {value}")

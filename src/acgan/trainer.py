@@ -123,7 +123,7 @@ def build_trainer(config: TrainConfig, num_classes: int, device: torch.device, i
 def build_objective(config: TrainConfig, D_raw: nn.Module) -> Objective:
     """The run's objective from its resolved config; d2dce binds D's class proxies once, here."""
     proxies = D_raw.proxies if config.cls_loss == "d2dce" else None
-    return Objective(config.loss, config.cls_loss, parse_diffaug(config.diffaug), proxies)
+    return Objective(config.loss, config.cls_loss, parse_diffaug(config.diffaug), proxies, config.g_cls_weight)
 
 
 def train_step(tr: Trainer, x_real: torch.Tensor, y_real: torch.Tensor, opts: StepOptions,
