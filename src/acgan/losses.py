@@ -17,7 +17,7 @@ G takes its class term on its fakes with every class loss, weighted by `g_cls_we
 classifier trained on real images only, that term alone rewards G for drawing, for each class, the one image the
 classifier reads most surely, whatever z is; only the source term pays for variety. Measured on `shapes`, weight 1
 let G collapse each class onto one image within 4,000 steps (within-class pixel std 0.03 against the data's 0.59)
-and weight 0.5 kept it at about 0.4 (docs/recipes.md).
+and weight 0.5 kept it at 0.3-0.4 (docs/recipes.md).
 """
 
 from __future__ import annotations
