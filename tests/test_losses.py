@@ -203,3 +203,71 @@ def test_objective_gives_what_the_loss_functions_give():
     assert torch.equal(obj.g(s, logits, y)[0], g_loss(s, logits, y, loss="hinge")[0])
     half = Objective("hinge", "ce_real", g_cls_weight=0.5)
     assert torch.equal(half.g(s, logits, y)[0], g_loss(s, logits, y, loss="hinge", cls_weight=0.5)[0])
+
+
+# The twin class losses on one hand-made sample, K = 2: logits [real 0, real 1, generated 0, generated 1].
+_TWIN = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
+
+
+def test_adc_reads_the_2k_logits_as_one_softmax():
+    y, s = torch.tensor([0]), torch.tensor([0.0])
+    logits = [2.0, 0.0, 1.0, -1.0]
+    loss_r, stats_r = d_loss_real(s, _TWIN, y, cls_loss="adc")
+    loss_f, _ = d_loss_fake(s, _TWIN, y, cls_loss="adc")
+    loss_g, _ = g_loss(s, _TWIN, y, cls_loss="adc", cls_weight=0.5)
+    assert math.isclose(loss_r.item(), math.log(2) - _log_softmax_at(logits, 0), rel_tol=1e-6)  # real class 0
+    assert math.isclose(loss_f.item(), math.log(2) - _log_softmax_at(logits, 2), rel_tol=1e-6)  # generated class 0
+    # G: -log p(real 0 | x) + log p(generated 0 | x) = the difference of the two logits, 2 - 1
+    assert math.isclose(loss_g.item(), math.log(2) - 0.5 * (2.0 - 1.0), rel_tol=1e-6)
+    assert stats_r["acc_real"].item() == 1.0  # read from the real-class half
+
+
+def test_tac_reads_the_2k_logits_as_two_k_way_classifiers():
+    y, s = torch.tensor([1]), torch.tensor([0.0])
+    loss_r, stats_r = d_loss_real(s, _TWIN, y, cls_loss="tac")
+    loss_f, stats_f = d_loss_fake(s, _TWIN, y, cls_loss="tac")
+    loss_g, _ = g_loss(s, _TWIN, y, cls_loss="tac")
+    ce_real, ce_fake = -_log_softmax_at([2.0, 0.0], 1), -_log_softmax_at([1.0, -1.0], 1)
+    assert math.isclose(loss_r.item(), math.log(2) + ce_real, rel_tol=1e-6)
+    assert math.isclose(loss_f.item(), math.log(2) + ce_fake, rel_tol=1e-6)
+    assert math.isclose(loss_g.item(), math.log(2) + ce_real - ce_fake, rel_tol=1e-6)
+    assert stats_r["acc_real"].item() == 0.0 and stats_f["acc_fake"].item() == 0.0  # the real half says class 0
+
+
+def test_twin_g_term_pays_nothing_for_an_image_d_knows_g_draws():
+    # The ce_real collapse: an image the real-data classifier reads surely is worth the most to G under ce_real.
+    # Under adc/tac, once D also reads it as "generated class 0" just as surely, G's class term is 0.
+    y, s = torch.tensor([0]), torch.tensor([0.0])
+    known = torch.tensor([[6.0, 0.0, 6.0, 0.0]])
+    for cls_loss in ("adc", "tac"):
+        loss, _ = g_loss(s, known, y, cls_loss=cls_loss)
+        assert math.isclose(loss.item(), math.log(2), abs_tol=1e-6)  # the source term alone
+    ce_real, _ = g_loss(s, known[:, :2], y, cls_loss="ce_real")
+    assert ce_real.item() < math.log(2) + 0.01  # ce_real still pays G for it (class term ~ 0, its minimum)
+
+
+def test_twin_losses_give_d_and_g_gradients_on_their_own_halves():
+    y, s = torch.tensor([1, 0]), torch.zeros(2)
+    for cls_loss in ("adc", "tac"):
+        logits = torch.randn(2, 4, requires_grad=True)
+        d_loss_fake(s, logits, y, cls_loss=cls_loss)[0].backward()
+        if cls_loss == "tac":  # the twin classifier of generated images alone learns from fakes
+            assert logits.grad[:, :2].abs().sum() == 0 and logits.grad[:, 2:].abs().sum() > 0
+        else:  # one softmax: every logit moves
+            assert logits.grad.abs().sum() > 0
+        assert logits.grad.dtype == torch.float32
+
+
+def test_the_trainer_builds_twin_heads_for_tac_and_adc():
+    from acgan.config import TrainConfig
+    from acgan.distributed import DistInfo
+    from acgan.trainer import build_trainer
+
+    for arch in ("paper", "sndcgan"):
+        tr = build_trainer(TrainConfig(arch=arch, cls_loss="adc"), 10, torch.device("cpu"), DistInfo())
+        assert tr.D_raw.fc_class.out_features == 20 and tr.objective.cls_loss == "adc"
+        tr.D_raw.eval()
+        source, class_out = tr.D_raw(torch.rand(3, 3, 32, 32))
+        assert source.shape == (3,) and class_out.shape == (3, 20)
+    plain = build_trainer(TrainConfig(recipe="tuned"), 10, torch.device("cpu"), DistInfo())
+    assert plain.D_raw.fc_class.out_features == 10  # ce_real keeps the paper's head (and its checkpoints)

@@ -18,6 +18,13 @@ classifier trained on real images only, that term alone rewards G for drawing, f
 classifier reads most surely, whatever z is; only the source term pays for variety. Measured on `shapes`, weight 1
 let G collapse each class onto one image within 4,000 steps (within-class pixel std 0.03 against the data's 0.59)
 and weight 0.5 kept it at 0.3-0.4 (docs/recipes.md).
+
+The twin class losses pay G for the data's variety instead: D's class head has 2K outputs, K for "real image of
+class c" and K for "generated image of class c", and G's class term is the log-ratio of the two, so the one image a
+real-data classifier reads most surely earns G nothing once D has learned that G draws it. "tac" (Gong et al.,
+NeurIPS 2019, TAC-GAN) reads the halves as two K-way classifiers, one of real and one of generated images; "adc"
+(Hou et al., AAAI 2022, ADC-GAN) as one 2K-way classifier. With D optimal, G's class term then moves
+p_G(x | y) towards p_data(x | y) rather than towards the mode of p_data(y | x).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from acgan.augment import diff_augment
-from acgan.config import CLASS_LOSSES, SOURCE_LOSSES
+from acgan.config import CLASS_LOSSES, SOURCE_LOSSES, TWIN_CLASS_LOSSES
 
 Stats = dict[str, torch.Tensor]
 
@@ -93,45 +100,81 @@ def _class_loss(class_out: torch.Tensor, y: torch.Tensor, proxies: torch.Tensor 
     return d2d_ce(class_out, proxies, y)
 
 
-def _accuracy(class_out: torch.Tensor, y: torch.Tensor, proxies: torch.Tensor | None = None) -> torch.Tensor:
-    """Fraction of images whose arg-max class (logit, or cosine to a proxy) is y."""
+def _halves(class_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A twin head's 2K logits (B, 2K) -> the real-class half (B, K) and the generated-class half (B, K), fp32."""
+    logits = class_out.float()
+    K = logits.shape[1] // 2
+    return logits[:, :K], logits[:, K:]
+
+
+def _twin_real(class_out: torch.Tensor, y: torch.Tensor, cls_loss: str) -> torch.Tensor:
+    """D's twin class term on real images: "real image of class y"."""
+    if cls_loss == "adc":  # one 2K-way softmax; real class y is output y
+        return F.cross_entropy(class_out.float(), y)
+    return F.cross_entropy(_halves(class_out)[0], y)  # tac: the real-data classifier alone
+
+
+def _twin_fake(class_out: torch.Tensor, y: torch.Tensor, cls_loss: str) -> torch.Tensor:
+    """D's twin class term on G's images: "generated image of class y"."""
+    if cls_loss == "adc":  # generated class y is output K + y of the same softmax
+        return F.cross_entropy(class_out.float(), y + class_out.shape[1] // 2)
+    return F.cross_entropy(_halves(class_out)[1], y)  # tac: the twin classifier of generated images
+
+
+def _twin_g(class_out: torch.Tensor, y: torch.Tensor, cls_loss: str) -> torch.Tensor:
+    """G's twin class term: -log p(real, y | x) + log p(generated, y | x), the log-ratio D's two readings give."""
+    return _twin_real(class_out, y, cls_loss) - _twin_fake(class_out, y, cls_loss)
+
+
+def _accuracy(class_out: torch.Tensor, y: torch.Tensor, proxies: torch.Tensor | None = None,
+              twin: bool = False) -> torch.Tensor:
+    """Fraction of images whose arg-max class (logit, real-class half of a twin head, or nearest proxy) is y."""
     class_out = class_out.detach()
+    if twin:
+        class_out = _halves(class_out)[0]
     scores = class_out if proxies is None else _cosine_to_proxies(class_out, proxies.detach())  # (B, K)
     return (scores.argmax(dim=1) == y).float().mean()
 
 
 def d_loss_real(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
-                proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
-    """D's loss on real images: source(real) + class(true class), CE on logits or D2D-CE with proxies."""
-    total = _source_loss(source, loss, "real") + _class_loss(class_out, y, proxies)
+                cls_loss: str = "ce", proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
+    """D's loss on real images: source(real) + class(true class): CE, D2D-CE, or a twin head's real half."""
+    twin = cls_loss in TWIN_CLASS_LOSSES
+    cls = _twin_real(class_out, y, cls_loss) if twin else _class_loss(class_out, y, proxies)
+    total = _source_loss(source, loss, "real") + cls
     stats = {
         "loss_D_real": total.detach(),
         "D_x": torch.sigmoid(source.detach().float()).mean(),
-        "acc_real": _accuracy(class_out, y, proxies),
+        "acc_real": _accuracy(class_out, y, proxies, twin),
     }
     return total, stats
 
 
 def d_loss_fake(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
                 cls_loss: str = "ce", proxies: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
-    """D's loss on fakes: source(fake), plus CE(class | generated-for class) only for the paper's "ce"."""
+    """D's loss on fakes: source(fake), plus the paper's CE(class | generated-for class) or a twin head's fake half."""
     if cls_loss not in CLASS_LOSSES:
         raise ValueError(f"unknown class loss {cls_loss!r}; expected one of {CLASS_LOSSES}")
     total = _source_loss(source, loss, "fake")
+    twin = cls_loss in TWIN_CLASS_LOSSES
     if cls_loss == "ce":  # the ACGAN paper's objective; ce_real and d2dce train D's classifier on real data only
         total = total + F.cross_entropy(class_out.float(), y)
+    elif twin:  # D learns what G draws for class y as its own class, apart from the real class y
+        total = total + _twin_fake(class_out, y, cls_loss)
     stats = {
         "loss_D_fake": total.detach(),
         "D_G_z1": torch.sigmoid(source.detach().float()).mean(),
-        "acc_fake": _accuracy(class_out, y, proxies),
+        "acc_fake": _accuracy(class_out, y, proxies, twin),
     }
     return total, stats
 
 
 def g_loss(source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor, *, loss: str = "bce",
-           proxies: torch.Tensor | None = None, cls_weight: float = 1.0) -> tuple[torch.Tensor, Stats]:
-    """G's loss: non-saturating source(fake | real) + cls_weight * class(fake | requested class), CE or D2D-CE."""
-    total = _source_loss(source, loss, "gen") + cls_weight * _class_loss(class_out, y, proxies)
+           cls_loss: str = "ce", proxies: torch.Tensor | None = None,
+           cls_weight: float = 1.0) -> tuple[torch.Tensor, Stats]:
+    """G's loss: non-saturating source(fake | real) + cls_weight * class term (CE, D2D-CE, or a twin log-ratio)."""
+    cls = _twin_g(class_out, y, cls_loss) if cls_loss in TWIN_CLASS_LOSSES else _class_loss(class_out, y, proxies)
+    total = _source_loss(source, loss, "gen") + cls_weight * cls
     stats = {"loss_G": total.detach(), "D_G_z2": torch.sigmoid(source.detach().float()).mean()}
     return total, stats
 
@@ -162,7 +205,7 @@ class Objective:
 
     def d_real(self, source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         """D's loss and statistics on real images."""
-        return d_loss_real(source, class_out, y, loss=self.source_loss, proxies=self.proxies)
+        return d_loss_real(source, class_out, y, loss=self.source_loss, cls_loss=self.cls_loss, proxies=self.proxies)
 
     def d_fake(self, source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         """D's loss and statistics on G's images."""
@@ -170,4 +213,5 @@ class Objective:
 
     def g(self, source: torch.Tensor, class_out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         """G's loss and statistics on its own images."""
-        return g_loss(source, class_out, y, loss=self.source_loss, proxies=self.proxies, cls_weight=self.g_cls_weight)
+        return g_loss(source, class_out, y, loss=self.source_loss, cls_loss=self.cls_loss, proxies=self.proxies,
+                      cls_weight=self.g_cls_weight)

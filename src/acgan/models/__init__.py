@@ -10,7 +10,7 @@ from types import ModuleType
 
 from torch import nn
 
-from acgan.config import ARCH_SPECS, ARCHS, D2D_EMBED_DIM, TrainConfig
+from acgan.config import ARCH_SPECS, ARCHS, D2D_EMBED_DIM, TWIN_CLASS_LOSSES, TrainConfig
 from acgan.errors import UserError
 from acgan.models import imagenet, paper, resnet, sndcgan
 from acgan.models.layers import BitDropout, CondBatchNorm2d, count_parameters, init_weights
@@ -53,15 +53,16 @@ def build_generator(arch: str, nz: int, num_classes: int, image_size: int, *, co
 
 def build_nets(
     arch: str, nz: int, num_classes: int, image_size: int, *, embed_dim: int | None = None, cond_bn: bool = True,
-    d_dropout: float = 0.5,
+    d_dropout: float = 0.5, twin: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    """Initialised (G, D) of one architecture; cond_bn applies to sndcgan/resnet, d_dropout to paper/imagenet."""
+    """Initialised (G, D) of one arch; cond_bn: sndcgan/resnet, d_dropout: paper/imagenet, twin: 2K class logits."""
     if embed_dim is not None and embed_dim < 1:
         raise UserError(f"--embed_dim must be a positive integer, got {embed_dim}")
     G = build_generator(arch, nz, num_classes, image_size, cond_bn=cond_bn)
     if ARCH_SPECS[arch].d_dropout:
-        return G, _module(arch).Discriminator(num_classes, image_size, dropout=d_dropout, embed_dim=embed_dim)
-    return G, _module(arch).Discriminator(num_classes, image_size, embed_dim=embed_dim)
+        return G, _module(arch).Discriminator(num_classes, image_size, dropout=d_dropout, embed_dim=embed_dim,
+                                              twin=twin)
+    return G, _module(arch).Discriminator(num_classes, image_size, embed_dim=embed_dim, twin=twin)
 
 
 def generator_for(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -70,7 +71,8 @@ def generator_for(config: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def nets_for(config: TrainConfig, num_classes: int) -> tuple[nn.Module, nn.Module]:
-    """The (G, D) a resolved config describes: D gets an embedding head for d2dce, dropout where the arch has it."""
+    """The (G, D) a resolved config describes: D's class head is an embedding for d2dce, 2K logits for tac/adc."""
     embed_dim = D2D_EMBED_DIM if config.cls_loss == "d2dce" else None
     return build_nets(config.arch, config.nz, num_classes, config.image_size, embed_dim=embed_dim,
-                      cond_bn=config.g_cond == "cbn", d_dropout=config.d_dropout)
+                      cond_bn=config.g_cond == "cbn", d_dropout=config.d_dropout,
+                      twin=config.cls_loss in TWIN_CLASS_LOSSES)

@@ -63,7 +63,8 @@ class Discriminator(TwoHeadD):
     """Image (B, 3, 128, 128) -> (source logit (B,), class logits (B, K) or embedding (B, E))."""
 
     def __init__(
-        self, num_classes: int = 10, image_size: int = 128, dropout: float = 0.5, embed_dim: int | None = None
+        self, num_classes: int = 10, image_size: int = 128, dropout: float = 0.5, embed_dim: int | None = None,
+        twin: bool = False,
     ) -> None:
         super().__init__()
         check_image_size(image_size, SUPPORTED_SIZES, "imagenet")
@@ -75,7 +76,7 @@ class Discriminator(TwoHeadD):
                 layers.append(nn.BatchNorm2d(c_out))
             layers += [nn.LeakyReLU(0.2, inplace=True), BitDropout(dropout)]
         self.net = nn.Sequential(*layers)
-        self.add_heads(512 * (image_size // 8) ** 2, num_classes, embed_dim)
+        self.add_heads(512 * (image_size // 8) ** 2, num_classes, embed_dim, twin)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,10 +22,11 @@ class TwoHeadD(nn.Module):
 
     proxies: nn.Parameter | None
 
-    def add_heads(self, num_features: int, num_classes: int, embed_dim: int | None) -> None:
-        """Source head F -> 1; class head F -> K logits, or F -> E embedding with (K, E) class proxies."""
+    def add_heads(self, num_features: int, num_classes: int, embed_dim: int | None, twin: bool = False) -> None:
+        """Source head F -> 1; class head F -> K logits (2K for tac/adc), or F -> E embedding with (K, E) proxies."""
         self.fc_source = nn.Linear(num_features, 1)
-        self.fc_class = nn.Linear(num_features, num_classes if embed_dim is None else embed_dim)
+        num_out = embed_dim if embed_dim is not None else num_classes * (2 if twin else 1)
+        self.fc_class = nn.Linear(num_features, num_out)
         if embed_dim is None:
             self.register_parameter("proxies", None)
         else:
@@ -33,7 +34,7 @@ class TwoHeadD(nn.Module):
             self.proxies = nn.Parameter(torch.randn(num_classes, embed_dim))
 
     def heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, F) -> source logit (B,) and class logits (B, K) or embedding (B, E), in autocast's dtype."""
+        """Features (B, F) -> source logit (B,), class logits (B, K or 2K) or embedding (B, E), in autocast's dtype."""
         return self.fc_source(h).squeeze(1), self.fc_class(h)
 
 

@@ -51,7 +51,8 @@ class Discriminator(TwoHeadD):
     """Image (B, 3, S, S) -> (source logit (B,), class logits (B, K) or embedding (B, E))."""
 
     def __init__(
-        self, num_classes: int = 10, image_size: int = 32, dropout: float = 0.5, embed_dim: int | None = None
+        self, num_classes: int = 10, image_size: int = 32, dropout: float = 0.5, embed_dim: int | None = None,
+        twin: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes, self.image_size = num_classes, image_size
@@ -67,7 +68,7 @@ class Discriminator(TwoHeadD):
             if i > 0:
                 layers.append(BitDropout(dropout))
         self.net = nn.Sequential(*layers)
-        self.add_heads(512 * (image_size // 8) ** 2, num_classes, embed_dim)
+        self.add_heads(512 * (image_size // 8) ** 2, num_classes, embed_dim, twin)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

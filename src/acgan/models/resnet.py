@@ -111,7 +111,9 @@ class Generator(nn.Module):
 class Discriminator(TwoHeadD):
     """Image (B, 3, S, S) -> (source logit (B,), class logits (B, K) or embedding (B, E))."""
 
-    def __init__(self, num_classes: int = 10, image_size: int = 32, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, num_classes: int = 10, image_size: int = 32, embed_dim: int | None = None, twin: bool = False
+    ) -> None:
         super().__init__()
         check_image_size(image_size, SUPPORTED_SIZES, "resnet")
         self.num_classes, self.image_size = num_classes, image_size
@@ -119,7 +121,7 @@ class Discriminator(TwoHeadD):
         c_ins = [3] + [c for c, _ in plan[:-1]]
         pairs = enumerate(zip(c_ins, plan, strict=True))
         self.blocks = nn.Sequential(*(DBlock(c_in, c_out, down, first=i == 0) for i, (c_in, (c_out, down)) in pairs))
-        self.add_heads(plan[-1][0], num_classes, embed_dim)
+        self.add_heads(plan[-1][0], num_classes, embed_dim, twin)
         _init_xavier(self)
         apply_spectral_norm(self)  # after init: SN's power iteration starts from the final weights
 

@@ -56,7 +56,9 @@ class Generator(nn.Module):
 class Discriminator(TwoHeadD):
     """Image (B, 3, S, S) -> (source logit (B,), class logits (B, K) or embedding (B, E))."""
 
-    def __init__(self, num_classes: int = 10, image_size: int = 32, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, num_classes: int = 10, image_size: int = 32, embed_dim: int | None = None, twin: bool = False
+    ) -> None:
         super().__init__()
         check_image_size(image_size, SUPPORTED_SIZES, "sndcgan")
         self.num_classes, self.image_size = num_classes, image_size
@@ -68,7 +70,7 @@ class Discriminator(TwoHeadD):
         for c_in, c_out, k, stride in plan:
             layers += [nn.Conv2d(c_in, c_out, k, stride, 1), nn.LeakyReLU(0.1, inplace=True)]
         self.net = nn.Sequential(*layers)
-        self.add_heads(512 * 4 * 4, num_classes, embed_dim)
+        self.add_heads(512 * 4 * 4, num_classes, embed_dim, twin)
         init_weights(self)
         apply_spectral_norm(self)  # after init: SN's power iteration starts from the final weights
 
