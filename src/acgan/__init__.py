@@ -1,8 +1,9 @@
 """acgan: Auxiliary Classifier GANs (Odena, Olah and Shlens, 2017) for CIFAR and labeled image folders.
 
     import acgan
-    G = acgan.load_generator("runs/00003-cifar10/checkpoints/last.pt")   # or an `acgan export` folder
+    G = acgan.load_generator("cifar10")                                   # shipped in the package: no training
     images = G.sample(class_="cat", num=16, seed=0)                       # uint8 (16, 3, 32, 32)
+    G = acgan.load_generator("runs/00003-cifar10/checkpoints/last.pt")   # your own run, or an `acgan export` folder
 """
 
 __version__ = "0.1.0"

@@ -28,6 +28,10 @@ from acgan.config import (
     TrainConfig,
 )
 from acgan.errors import UserError
+from acgan.zoo import PRETRAINED
+
+_CHECKPOINT_HELP = ("a checkpoint written by acgan train, a folder written by acgan export --format safetensors, or "
+                    f"the name of a packaged generator: {', '.join(PRETRAINED)}")  # sample, evaluate, serve, export
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,10 +67,11 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
           "(default: cbn for sndcgan/resnet, concat for paper/imagenet)", type=str, choices=G_CONDITIONING)
     _flag(g, "loss", "source loss (default: bce for paper/imagenet, hinge for sndcgan/resnet)", type=str,
           choices=SOURCE_LOSSES)
-    _flag(g, "cls_loss", "class loss: ce (the paper's: D also learns classes from G's images), ce_real (D learns "
-          "classes from real images only, as StudioGAN trains ACGAN) or d2dce (ReACGAN's data-to-data "
-          "cross-entropy, real only) (default: ce for paper/imagenet, ce_real for sndcgan/resnet)", type=str,
-          choices=CLASS_LOSSES)
+    _flag(g, "cls_loss", "class loss: ce (the paper's: D also learns classes from G's images), ce_real (from real "
+          "images only, as StudioGAN trains ACGAN), tac or adc (TAC-GAN's twin / ADC-GAN's 2K-way classifier: D also "
+          "learns what G draws, so G is paid for variety within a class), d2dce (ReACGAN's, real only; experimental: "
+          "it did not condition G where measured) (default: ce for paper/imagenet, ce_real for sndcgan/resnet)",
+          type=str, choices=CLASS_LOSSES)
     _flag(g, "g_cls_weight", "weight of G's class term against its source term (the paper's 1; 0.5 kept `shapes` "
           "from collapsing each class onto one image, not a CIFAR-10 run: docs/recipes.md)", type=float)
     _flag(g, "lr_d", "D's learning rate (default: --lr; 5x --lr for --recipe tuned)", type=float)
@@ -146,11 +151,11 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate images from a checkpoint",
-                       description="Generate PNGs from a checkpoint. With --class: N images of that class and a "
-                       "grid of them. Without: a grid with one row per class, a class sweep (same z in every "
-                       "class) and a z-interpolation strip per class.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint (.pt) written by acgan train")
+    p = sub.add_parser("sample", help="generate images from a checkpoint or a packaged generator",
+                       description="Generate PNGs from a generator. With --class: N images of that class and a grid "
+                       "of them. Without: a grid with one row per class, a class sweep (same z in every class) and a "
+                       "z-interpolation strip per class.")
+    p.add_argument("--checkpoint", type=Path, required=True, help=_CHECKPOINT_HELP)
     p.add_argument("--class", dest="class_spec", metavar="CLASS", help="class index or name, e.g. 3 or cat")
     ev = EVAL_DEFAULTS
     p.add_argument("--num", type=int, default=ev.sample_num,
@@ -158,7 +163,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num_steps", type=int, default=ev.sample_steps,
                    help=f"points on each interpolation strip (default: {ev.sample_steps})")
     p.add_argument("--out_dir", type=Path, default=None,
-                   help="where a new numbered folder of PNGs is made (default: <run>/generated)")
+                   help="where a new numbered folder of PNGs is made (default: <run>/generated, else ./generated)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"noise seed {_default('seed')}")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_weights(p)
@@ -172,7 +177,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                        "(default ~/.cache/acgan), or given with --detector. cacc needs no Inception: it needs a "
                        "classifier of the reference data, made once with `acgan classifier train`.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="a checkpoint written by acgan train")
+    src.add_argument("--checkpoint", type=Path, help=_CHECKPOINT_HELP)
     src.add_argument("--real", type=Path, help="an image set to score instead of a generator (see --real_dataset)")
     p.add_argument("--real_dataset", choices=DATASETS, default="folder",
                    help="format of --real: folder (32 px) or prepared (its own size), or a CIFAR (default: folder)")
@@ -274,10 +279,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        description="Serve a trained generator: a web page to draw images by class, class sweeps and "
                        "interpolations, and the HTTP API it uses (/api/info, /api/sample.png, /api/sweep.png, "
                        "/api/interpolate.png). Needs the serve extra: pip install 'acgan[serve]'.")
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="a checkpoint written by acgan train, or a folder written by acgan export --format safetensors")
-    p.add_argument("--host", default=SERVE_HOST,
-                   help=f"address to listen on (default: {SERVE_HOST}, this machine only)")
+    p.add_argument("--checkpoint", type=Path, required=True, help=_CHECKPOINT_HELP)
+    p.add_argument("--host", default=SERVE_HOST, help=f"listen address (default: {SERVE_HOST}, this machine only)")
     p.add_argument("--port", type=int, default=SERVE_PORT, help=f"(default: {SERVE_PORT})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
@@ -289,10 +292,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        "Hub layout that acgan.load_generator and acgan serve accept; torchscript: one file plain "
                        "torch runs without acgan; onnx: one file for onnxruntime (pip install 'acgan[export]'). "
                        "Every format maps z (N, nz) and class indices y (N,) to images (N, 3, S, S) in [-1, 1].")
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by acgan train")
+    p.add_argument("--checkpoint", type=Path, required=True, help=_CHECKPOINT_HELP)
     p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="what to write")
-    p.add_argument("--out", type=Path, required=True,
-                   help="the folder (safetensors) or file to write; never overwritten")
+    p.add_argument("--out", type=Path, required=True, help="folder (safetensors) or file to write; never overwritten")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,9 +334,8 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     if args.num <= 0 or args.num_steps < 2:
         raise UserError("--num must be positive and --num_steps at least 2")
-    dest = write_samples(args.checkpoint, args.out_dir, class_spec=args.class_spec, num=args.num,
-                         num_steps=args.num_steps, seed=args.seed, device=resolve_device(args.device),
-                         weights=args.weights)
+    dest = write_samples(args.checkpoint, args.out_dir, class_spec=args.class_spec, num=args.num, seed=args.seed,
+                         num_steps=args.num_steps, device=resolve_device(args.device), weights=args.weights)
     print(f"wrote {len(list(dest.glob('*.png')))} PNG files to {dest}")
     return 0
 

@@ -1,5 +1,6 @@
-"""A trained generator as one object: load it from a checkpoint or an exported folder, draw images by class.
+"""A trained generator as one object: load it from a checkpoint, an exported folder or a packaged name; draw by class.
 
+    G = acgan.load_generator("cifar10")           # the CIFAR-10 generator shipped in the package (acgan.zoo)
     G = acgan.load_generator("runs/00003-cifar10/checkpoints/last.pt")
     G.class_names                                 # ('airplane', 'automobile', ...)
     x = G.sample(class_="cat", num=16, seed=0)    # uint8 (16, 3, 32, 32)
@@ -23,6 +24,7 @@ from acgan.data import to_uint8
 from acgan.device import resolve_device
 from acgan.errors import UserError
 from acgan.models import generator_for
+from acgan.zoo import PRETRAINED, in_package, pretrained_dir
 
 EXPORT_FORMAT = 1  # the version of an exported folder's config.json
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"  # the Hugging Face Hub layout
@@ -122,26 +124,57 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def load_generator(path: str | Path, device: str | torch.device = "auto",
                    weights: str = EVAL_DEFAULTS.weights) -> TrainedGenerator:
-    """A trained generator from a checkpoint file (acgan train) or an exported folder (acgan export safetensors).
+    """A trained generator from a checkpoint file (acgan train), an exported folder or a packaged name ("cifar10").
 
+    A checkpoint file or exported folder of the user's comes first, even one called cifar10 (see packaged_dir).
     weights="raw" loads G as trained instead of its EMA: the EMA lags early in a run, and comparing the two
     tells whether it has caught up.
     """
     if weights not in GENERATOR_WEIGHTS:
         raise UserError(f"weights must be one of {', '.join(GENERATOR_WEIGHTS)}, got {weights!r}")
-    path = Path(path)
+    packaged = packaged_dir(path)
+    if packaged is not None and not (packaged / WEIGHTS_FILE).is_file():
+        raise UserError(f"the packaged generator {str(path)!r} is not in this install ({packaged / WEIGHTS_FILE} "
+                        "is missing: a source checkout before its weights were shipped?)")
+    path = packaged if packaged is not None else Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
+    accepted = f"give a checkpoint file, an exported folder or a packaged generator: {', '.join(PRETRAINED)}"
     if path.is_dir():
         if not (path / WEIGHTS_FILE).is_file():
-            raise UserError(f"{path} is a folder without {WEIGHTS_FILE}: give a checkpoint file or an exported folder")
+            raise UserError(f"{path} is a folder without {WEIGHTS_FILE}: {accepted}")
         if weights == "raw":
             raise UserError(f"{path} is an export, which holds one generator: the raw G is in the run's checkpoint")
         return _from_export(path, device)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} ({accepted})")
     state = load_checkpoint(path, map_location=device)
     config = config_from_dict(state["config"]).resolved()  # older checkpoints name no arch: the paper's
     class_names = tuple(state["class_names"])
     source = "G_ema" if weights == "ema" and state.get("G_ema") is not None else "G"
     return _assemble(state[source], class_names, config, int(state["step"]), device, source)
+
+
+def packaged_dir(spec: str | Path) -> Path | None:
+    """The package folder that `spec` names ("cifar10"), or None when spec is a path to load as it is.
+
+    A user's own checkpoint file or exported folder wins over a packaged name: their file comes first. Anything
+    else spelled as a name (nothing there, or a data folder cifar10/ without weights) means the packaged one.
+    """
+    path = Path(spec)
+    if path.is_file() or (path / WEIGHTS_FILE).is_file():
+        return None
+    return pretrained_dir(str(path)) if str(path) in PRETRAINED else None
+
+
+def output_parent(spec: str | Path) -> Path:
+    """The folder commands write into about a generator by default: its run folder, or "." for a packaged one.
+
+    A checkpoint's run folder is its grandparent (<run>/checkpoints/last.pt). A packaged generator has no run, and
+    its folder lies in site-packages, read-only and not the user's: its output goes to the current folder.
+    """
+    if packaged_dir(spec) is not None or in_package(Path(spec)):
+        return Path(".")
+    return Path(spec).resolve().parent.parent
 
 
 def _assemble(params: dict[str, torch.Tensor], class_names: tuple[str, ...], config: TrainConfig, step: int,

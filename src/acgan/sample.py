@@ -13,7 +13,7 @@ from PIL import Image
 
 from acgan.checkpoint import new_run_dir
 from acgan.config import EVAL_DEFAULTS
-from acgan.generator import load_generator
+from acgan.generator import load_generator, output_parent
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
@@ -48,13 +48,13 @@ def png_bytes(images: torch.Tensor, nrow: int) -> bytes:
     return buf.getvalue()
 
 
-def write_samples(checkpoint: Path, out_dir: Path | None, *, class_spec: str | None, num: int,
+def write_samples(checkpoint: str | Path, out_dir: Path | None, *, class_spec: str | None, num: int,
                   num_steps: int, seed: int, device: torch.device, weights: str = EVAL_DEFAULTS.weights) -> Path:
     """Write the PNGs of `acgan sample` into a new numbered folder; returns that folder."""
     G = load_generator(checkpoint, device, weights)
     label = f"step{G.step}" + ("-raw" if weights == "raw" else "")  # the folder name says which G drew it
-    if out_dir is None:
-        run_dir = checkpoint.resolve().parent.parent
+    if out_dir is None:  # <run>/generated for a run's checkpoint; ./generated otherwise, a packaged generator's too
+        run_dir = output_parent(checkpoint)
         out_dir = run_dir / "generated" if (run_dir / "config.json").is_file() else Path("generated")
     if class_spec is not None:
         c = G.class_index(class_spec)  # before the folder is made: a bad class leaves nothing behind

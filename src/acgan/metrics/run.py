@@ -146,7 +146,7 @@ def load_reference(dataset: str, root_dir: str | Path | None, split: str, image_
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """`acgan evaluate`: score a checkpoint or a second image set, print the table, write the JSON."""
-    from acgan.generator import load_generator
+    from acgan.generator import load_generator, output_parent
 
     if args.num_samples < 2 or args.batch_size <= 0:
         raise UserError("--num_samples must be at least 2 and --batch_size positive")
@@ -164,7 +164,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
                                      root_dir=root_dir, split=args.split, num_workers=args.num_workers, **subset)
         results = evaluate_generator(G, reference, metrics, num_samples=args.num_samples, detector=detector,
                                      seed=args.seed, batch_size=args.batch_size, classifier=classifier)
-        run_dir = args.checkpoint.resolve().parent.parent
+        run_dir = output_parent(args.checkpoint)  # the current folder for a packaged generator
         raw = "-raw" if args.weights == "raw" else ""  # never mixed up with (or overwriting) the EMA's figures
         default_out = run_dir / "metrics" / f"step-{step:08d}{raw}.json"
     else:
