@@ -72,8 +72,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
           "learns what G draws, so G is paid for variety within a class), d2dce (ReACGAN's, real only; experimental: "
           "it did not condition G where measured) (default: ce for paper/imagenet, ce_real for sndcgan/resnet)",
           type=str, choices=CLASS_LOSSES)
-    _flag(g, "g_cls_weight", "weight of G's class term against its source term (the paper's 1; 0.5 kept `shapes` "
-          "from collapsing each class onto one image, not a CIFAR-10 run: docs/recipes.md)", type=float)
+    _flag(g, "g_cls_weight", "weight of G's class term against its source term (the paper's 1)", type=float)
     _flag(g, "lr_d", "D's learning rate (default: --lr; 5x --lr for --recipe tuned)", type=float)
     _flag(g, "lr_g", "G's learning rate (default: --lr; 2x --lr for --recipe tuned)", type=float)
     _flag(g, "n_dis", "D updates per G update (each step is one D update on one real batch)")
