@@ -101,6 +101,20 @@ def test_every_recipe_option_resumes_bit_for_bit(tmp_path):
     assert all(0 <= r["acc_real"] <= 1 and r["loss_G"] == r["loss_G"] for r in rows)  # G stats on n_dis steps
 
 
+def test_a_twin_class_loss_trains_and_resumes_bit_for_bit(tmp_path):
+    # adc: D's class head has 2K outputs; the paper's nets with the tuned recipe, as the variety runs train them
+    twin = dict(recipe="tuned", cls_loss="adc", ema_warmup=2)
+    straight = train(TrainConfig(**SMALL, **twin, outdir=str(tmp_path / "a"), max_steps=6))
+    train(TrainConfig(**SMALL, **twin, outdir=str(tmp_path / "b"), max_steps=3))
+    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=6, resume="auto"),
+                    explicit=frozenset({"max_steps", "resume"}))
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert _states_equal(a["G"], b["G"]) and _states_equal(a["D"], b["D"])
+    assert a["D"]["fc_class.weight"].shape[0] == 2 * len(a["class_names"])
+    assert json.loads((resumed / "config.json").read_text())["cls_loss"] == "adc"
+
+
 def test_n_dis_updates_G_once_per_n_dis_steps(tmp_path):
     run_dir = train(TrainConfig(**{**SMALL, "log_every": 4}, n_dis=4, outdir=str(tmp_path), max_steps=4))
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
