@@ -85,14 +85,19 @@ def test_real_grid_keeps_one_row_per_class_when_a_class_is_short():
 RECIPE = dict(arch="sndcgan", cls_loss="d2dce", diffaug="color,translation,cutout", n_dis=2, ema_warmup=2)
 
 
-def test_every_recipe_option_resumes_bit_for_bit(tmp_path):
-    # sndcgan + hinge + D2D-CE + DiffAugment + n_dis 2 + EMA: all state (EMA, SN vectors, proxies) is saved
-    straight = train(TrainConfig(**SMALL, **RECIPE, outdir=str(tmp_path / "a"), max_steps=8))
-    train(TrainConfig(**SMALL, **RECIPE, outdir=str(tmp_path / "b"), max_steps=4))
-    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=8, resume="auto"),
+def _straight_and_resumed(tmp_path, recipe: dict, steps: int):
+    """The last checkpoints of a run of `steps` steps and of one stopped halfway and resumed, and the resumed run."""
+    straight = train(TrainConfig(**SMALL, **recipe, outdir=str(tmp_path / "a"), max_steps=steps))
+    train(TrainConfig(**SMALL, **recipe, outdir=str(tmp_path / "b"), max_steps=steps // 2))
+    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=steps, resume="auto"),
                     explicit=frozenset({"max_steps", "resume"}))
     a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    return a, load_checkpoint(resumed / "checkpoints" / "last.pt"), resumed
+
+
+def test_every_recipe_option_resumes_bit_for_bit(tmp_path):
+    # sndcgan + hinge + D2D-CE + DiffAugment + n_dis 2 + EMA: all state (EMA, SN vectors, proxies) is saved
+    a, b, resumed = _straight_and_resumed(tmp_path, RECIPE, 8)
     assert _states_equal(a["G"], b["G"]) and _states_equal(a["D"], b["D"])
     assert _states_equal(a["G_ema"], b["G_ema"]) and not _states_equal(a["G_ema"], a["G"])
     config = json.loads((resumed / "config.json").read_text())
@@ -103,13 +108,7 @@ def test_every_recipe_option_resumes_bit_for_bit(tmp_path):
 
 def test_a_twin_class_loss_trains_and_resumes_bit_for_bit(tmp_path):
     # adc: D's class head has 2K outputs; the paper's nets with the tuned recipe, as the variety runs train them
-    twin = dict(recipe="tuned", cls_loss="adc", ema_warmup=2)
-    straight = train(TrainConfig(**SMALL, **twin, outdir=str(tmp_path / "a"), max_steps=6))
-    train(TrainConfig(**SMALL, **twin, outdir=str(tmp_path / "b"), max_steps=3))
-    resumed = train(TrainConfig(**SMALL, outdir=str(tmp_path / "b"), max_steps=6, resume="auto"),
-                    explicit=frozenset({"max_steps", "resume"}))
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    a, b, resumed = _straight_and_resumed(tmp_path, dict(recipe="tuned", cls_loss="adc", ema_warmup=2), 6)
     assert _states_equal(a["G"], b["G"]) and _states_equal(a["D"], b["D"])
     assert a["D"]["fc_class.weight"].shape[0] == 2 * len(a["class_names"])
     assert json.loads((resumed / "config.json").read_text())["cls_loss"] == "adc"
